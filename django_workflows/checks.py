@@ -1,0 +1,72 @@
+"""System checks for misconfiguration (``manage.py check``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, Tags, Warning, register
+
+from . import conf
+
+# Set by ``runworkers --processes N`` before Django runs the checks.
+requested_processes = 1
+
+
+@register(Tags.compatibility)
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
+    problems: list = []
+    user = getattr(settings, "DJANGO_WORKFLOWS", {})
+    if not isinstance(user, dict):
+        return [Error("DJANGO_WORKFLOWS must be a dict.", id="django_workflows.E001")]
+    for key in user:
+        if key not in conf.DEFAULTS:
+            problems.append(
+                Error(
+                    f"DJANGO_WORKFLOWS has an unknown key {key!r}.",
+                    hint=f"Known keys: {', '.join(sorted(conf.DEFAULTS))}.",
+                    id="django_workflows.E002",
+                )
+            )
+    alias = conf.database()
+    if alias not in settings.DATABASES:
+        problems.append(
+            Error(
+                f"DJANGO_WORKFLOWS['DATABASE'] is {alias!r}, which is not in DATABASES.",
+                id="django_workflows.E003",
+            )
+        )
+        return problems
+    for key in ("LEASE_SECONDS", "POLL_INTERVAL", "SHUTDOWN_GRACE_SECONDS", "CONCURRENCY"):
+        value = conf.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            problems.append(
+                Error(f"DJANGO_WORKFLOWS[{key!r}] must be a positive number, got {value!r}.", id="django_workflows.E004")
+            )
+    database = settings.DATABASES[alias]
+    if database.get("ENGINE", "").endswith("sqlite3"):
+        problems.extend(_sqlite_checks(database))
+    return problems
+
+
+def _sqlite_checks(database: dict) -> list:
+    problems = []
+    if requested_processes > 1:
+        problems.append(
+            Warning(
+                f"runworkers was asked for {requested_processes} processes on SQLite.",
+                hint="SQLite allows one writer at a time: run one worker process "
+                "(runworkers --processes 1) or use PostgreSQL.",
+                id="django_workflows.W001",
+            )
+        )
+    if database.get("OPTIONS", {}).get("transaction_mode") != "IMMEDIATE":
+        problems.append(
+            Warning(
+                "SQLite is used without OPTIONS['transaction_mode'] = 'IMMEDIATE'.",
+                hint="Worker threads then fail with 'database is locked' under load; set "
+                "DATABASES[...]['OPTIONS'] = {'transaction_mode': 'IMMEDIATE', 'timeout': 20}.",
+                id="django_workflows.W002",
+            )
+        )
+    return problems

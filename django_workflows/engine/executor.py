@@ -1,0 +1,110 @@
+"""Runs a handler against its recorded steps: replay what is done, run what is next.
+
+The executor knows nothing of the database: a ``Checkpointer`` records what
+happens (``store.DatabaseCheckpointer`` for workers, an in-memory one for
+``testing.trigger``).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any, Protocol
+
+from ..context import Context, EventInfo, Suspend
+from ..errors import NonRetriableError, RetryAfterError, StepError
+from ..functions import Function
+from . import clock
+from .backoff import retry_delay
+from .records import StepRecord, error_dict, json_round_trip
+
+logger = logging.getLogger("django_workflows.engine")
+
+
+class EngineInterrupt(BaseException):
+    """Base of the engine's own signals; BaseException so handlers cannot swallow them."""
+
+
+class LeaseLost(EngineInterrupt):
+    """Another worker owns this item now (or the run was cancelled): stop, write nothing."""
+
+
+class CheckpointFailed(EngineInterrupt):
+    """The database refused a checkpoint write; the item is retried when its lease lapses."""
+
+
+class Checkpointer(Protocol):
+    def atomic(self) -> AbstractContextManager[Any]: ...
+    def before_new_step(self) -> None: ...
+    def record_step(self, record: StepRecord) -> None: ...
+    def suspend(self, until: datetime | None, pending: StepRecord | None, run_attempts: int | None) -> None: ...
+    def complete(self, output: Any) -> None: ...
+    def fail(self, error: dict) -> None: ...
+
+
+class Outcome(enum.Enum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SUSPENDED = "suspended"
+    LOST = "lost"
+
+
+def execute(
+    function: Function,
+    *,
+    run_id: str,
+    events: list[EventInfo],
+    steps: dict[str, StepRecord],
+    run_attempts: int,
+    checkpointer: Checkpointer,
+) -> Outcome:
+    """Run ``function``'s handler once, from the top, replaying recorded steps."""
+    ctx = Context(
+        function=function,
+        run_id=run_id,
+        events=events,
+        steps=steps,
+        checkpointer=checkpointer,
+        run_attempt=run_attempts,
+    )
+    try:
+        try:
+            result = function.handler(ctx)
+            output = json_round_trip(result, what=f"function {function.id!r}")
+        except Suspend as suspend:
+            checkpointer.suspend(suspend.until, suspend.pending, None)
+            return Outcome.SUSPENDED
+        except StepError as exc:
+            # A step spent its retries and the handler did not catch it: the run fails.
+            checkpointer.fail({**error_dict(exc), "step_id": exc.step_id, "cause": exc.error})
+            return Outcome.FAILED
+        except NonRetriableError as exc:
+            checkpointer.fail(error_dict(exc))
+            return Outcome.FAILED
+        except Exception as exc:
+            return _handler_error(function, exc, run_attempts, checkpointer)
+        checkpointer.complete(output)
+        return Outcome.COMPLETED
+    except LeaseLost:
+        logger.info("run %s: lease lost (taken over or cancelled); stopping", run_id)
+        return Outcome.LOST
+
+
+def _handler_error(function: Function, exc: Exception, run_attempts: int, checkpointer: Checkpointer) -> Outcome:
+    """An error outside any step: retry the function from its last completed step."""
+    attempts = run_attempts + 1
+    if attempts > function.retries:
+        checkpointer.fail(error_dict(exc))
+        return Outcome.FAILED
+    if isinstance(exc, RetryAfterError):
+        when = exc.retry_at or clock.now() + exc.retry_after  # type: ignore[operator]
+    else:
+        when = clock.now() + retry_delay(attempts)
+    logger.warning(
+        "function %s: error outside steps (attempt %d of %d), retrying at %s: %r",
+        function.id, attempts, function.retries + 1, when.isoformat(), exc,
+    )
+    checkpointer.suspend(when, None, attempts)
+    return Outcome.SUSPENDED

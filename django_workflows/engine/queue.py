@@ -1,0 +1,141 @@
+"""The queue of due work: claiming under a lease, heartbeats, releasing.
+
+``due_at`` is both "when the item is due" and, while claimed, "when its lease
+lapses": a claim moves ``due_at`` to the lease's end and bumps ``lease_token``.
+An item whose worker died is therefore simply due again once the lease lapses,
+and every write of the old worker is fenced out by the token it no longer holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import connections, transaction
+
+from .. import conf
+from . import clock
+
+TABLE = "django_workflows_queue"
+
+_CLAIM_POSTGRES = f"""
+WITH due AS (
+    SELECT id FROM {TABLE}
+    WHERE due_at IS NOT NULL AND due_at <= %s
+    ORDER BY due_at
+    LIMIT %s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {TABLE} AS q
+SET worker_id = %s, due_at = %s, lease_token = q.lease_token + 1, claims = q.claims + 1
+FROM due WHERE q.id = due.id
+RETURNING q.id, q.kind, q.run_id, q.event_id, q.step_id, q.lease_token, q.claims
+"""
+
+# SQLite has one writer at a time, so a single UPDATE ... WHERE id IN (...) is the
+# compare-and-set: no other connection can claim the same rows in between.
+_CLAIM_SQLITE = f"""
+UPDATE {TABLE}
+SET worker_id = %s, due_at = %s, lease_token = lease_token + 1, claims = claims + 1
+WHERE id IN (
+    SELECT id FROM {TABLE} WHERE due_at IS NOT NULL AND due_at <= %s ORDER BY due_at LIMIT %s
+)
+RETURNING id, kind, run_id, event_id, step_id, lease_token, claims
+"""
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    kind: str
+    run_id: str | None
+    event_id: str | None
+    step_id: str
+    token: int
+    claims: int
+
+
+def lease_duration() -> timedelta:
+    return timedelta(seconds=float(conf.get("LEASE_SECONDS")))
+
+
+def _db_value(db: str, value: datetime) -> object:
+    return connections[db].ops.adapt_datetimefield_value(value)
+
+
+def claim(worker_id: str, limit: int, *, db: str | None = None) -> list[Claimed]:
+    """Claim up to ``limit`` due items for ``worker_id`` in one statement."""
+    if limit <= 0:
+        return []
+    db = db or conf.database()
+    connection = connections[db]
+    now = clock.now()
+    lease_end = _db_value(db, now + lease_duration())
+    with transaction.atomic(using=db), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(_CLAIM_POSTGRES, [now, limit, worker_id, lease_end])
+        else:
+            cursor.execute(_CLAIM_SQLITE, [worker_id, lease_end, _db_value(db, now), limit])
+        rows = cursor.fetchall()
+    return [
+        Claimed(
+            id=row[0],
+            kind=row[1],
+            run_id=_uuid_str(row[2]),
+            event_id=_uuid_str(row[3]),
+            step_id=row[4],
+            token=row[5],
+            claims=row[6],
+        )
+        for row in sorted(rows, key=lambda r: r[0])
+    ]
+
+
+def _uuid_str(value: object) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    if len(text) == 32:  # SQLite stores UUIDs as 32 hex characters
+        return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    return text
+
+
+def heartbeat(worker_id: str, item_ids: Iterable[int], *, db: str | None = None) -> int:
+    """Extend the leases this worker still holds; returns how many were extended."""
+    from ..models import QueueItem
+
+    ids = list(item_ids)
+    if not ids:
+        return 0
+    db = db or conf.database()
+    return (
+        QueueItem.objects.using(db)
+        .filter(id__in=ids, worker_id=worker_id)
+        .update(due_at=clock.now() + lease_duration())
+    )
+
+
+def release(worker_id: str, item_ids: Iterable[int], *, db: str | None = None) -> int:
+    """Give items back now (a stopping worker); another worker may claim them at once."""
+    from ..models import QueueItem
+
+    ids = list(item_ids)
+    if not ids:
+        return 0
+    db = db or conf.database()
+    return (
+        QueueItem.objects.using(db)
+        .filter(id__in=ids, worker_id=worker_id)
+        .update(worker_id="", due_at=clock.now(), claims=0)
+    )
+
+
+def next_due_at(*, db: str | None = None) -> datetime | None:
+    """The earliest ``due_at`` of any item (leased items count: a lapsing lease is work)."""
+    from django.db.models import Min
+
+    from ..models import QueueItem
+
+    db = db or conf.database()
+    return QueueItem.objects.using(db).filter(due_at__isnull=False).aggregate(m=Min("due_at"))["m"]

@@ -1,0 +1,178 @@
+"""A worker process: a claim loop, a pool of threads, a heartbeat and a listener."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+import queue as stdlib_queue
+
+from django.db import connections
+
+from .. import conf
+from ..states import QueueKind
+from . import clock, queue, wakeup
+from .intake import process_events
+from .queue import Claimed
+from .store import process_run
+
+logger = logging.getLogger("django_workflows.worker")
+
+MIN_POLL = 0.05
+
+
+def process_items(items: list[Claimed], *, db: str, stopping: threading.Event | None = None) -> None:
+    """Process claimed items: events together in one transaction, runs one by one."""
+    events = [i for i in items if i.kind == QueueKind.EVENT]
+    if events:
+        process_events(events, db=db)
+    for item in items:
+        if item.kind == QueueKind.RUN:
+            process_run(item, db=db, stopping=stopping)
+        elif item.kind != QueueKind.EVENT:
+            logger.error("unknown queue item kind %r (item %s); left for a newer worker", item.kind, item.id)
+
+
+class Worker:
+    def __init__(self, *, concurrency: int, burst: bool = False, db: str | None = None) -> None:
+        self.db = db or conf.database()
+        self.concurrency = max(1, concurrency)
+        self.burst = burst
+        self.id = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self._lock = threading.Lock()
+        self._in_flight: dict[int, Claimed] = {}
+        self._tasks: stdlib_queue.SimpleQueue[Claimed | None] = stdlib_queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self.processed = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop claiming; in-flight runs stop before their next step (see ``shutdown``)."""
+        self.stopping.set()
+        self.wake.set()
+
+    def run(self) -> None:
+        vendor = connections[self.db].vendor
+        logger.info(
+            "worker %s started: %d threads, database %r (%s), %s",
+            self.id, self.concurrency, self.db, vendor,
+            "LISTEN/NOTIFY wake-ups" if vendor == "postgresql" and conf.get("NOTIFY") else "polling",
+        )
+        self._threads = [
+            threading.Thread(target=self._thread_loop, name=f"wf-worker-{n}", daemon=True)
+            for n in range(self.concurrency)
+        ]
+        for thread in self._threads:
+            thread.start()
+        threading.Thread(target=self._heartbeat_loop, name="wf-heartbeat", daemon=True).start()
+        if vendor == "postgresql" and conf.get("NOTIFY"):
+            wakeup.Listener(self.db, self.wake, self.stopping).start()
+        try:
+            self._claim_loop()
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        grace = float(conf.get("SHUTDOWN_GRACE_SECONDS"))
+        deadline = time.monotonic() + grace
+        while self._in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with self._lock:
+            left = list(self._in_flight)
+        if left:
+            released = queue.release(self.id, left, db=self.db)
+            logger.warning("worker %s: released %d unfinished items after %.0fs grace", self.id, released, grace)
+        for _ in self._threads:
+            self._tasks.put(None)
+        if not left:
+            for thread in self._threads:
+                thread.join(timeout=5)
+        logger.info("worker %s stopped after %d items", self.id, self.processed)
+
+    # -- loops -------------------------------------------------------------------------------
+
+    def _claim_loop(self) -> None:
+        poll_max = float(conf.get("POLL_INTERVAL"))
+        idle = MIN_POLL
+        while not self.stopping.is_set():
+            self.wake.clear()
+            free = self.concurrency - len(self._in_flight)
+            items = self._claim(free) if free > 0 else []
+            for item in items:
+                with self._lock:
+                    self._in_flight[item.id] = item
+                self._tasks.put(item)
+            if items:
+                idle = MIN_POLL
+                continue
+            if free > 0 and self.burst and not self._in_flight:
+                logger.info("worker %s: nothing due, exiting (--burst)", self.id)
+                return
+            self.wake.wait(self._idle_timeout(idle, free))
+            idle = min(idle * 2, poll_max)
+
+    def _claim(self, free: int) -> list[Claimed]:
+        try:
+            return queue.claim(self.id, free, db=self.db)
+        except Exception:
+            logger.exception("worker %s: claim failed; retrying", self.id)
+            connections[self.db].close()
+            time.sleep(1)
+            return []
+
+    def _idle_timeout(self, idle: float, free: int) -> float:
+        if free <= 0:
+            return 1.0  # all threads busy: a finishing thread sets wake
+        try:
+            next_due = queue.next_due_at(db=self.db)
+        except Exception:
+            return idle
+        if next_due is None:
+            return idle
+        return max(0.0, min(idle, (next_due - clock.now()).total_seconds()))
+
+    def _thread_loop(self) -> None:
+        try:
+            while (item := self._tasks.get()) is not None:
+                self._process(item)
+        finally:
+            connections.close_all()  # this thread's connections
+
+    def _process(self, item: Claimed) -> None:
+        try:
+            process_items([item], db=self.db, stopping=self.stopping)
+        except Exception:
+            logger.exception("worker %s: item %s (%s) failed unexpectedly; it is retried when its lease lapses",
+                             self.id, item.id, item.kind)
+            connections[self.db].close()
+        finally:
+            with self._lock:
+                self._in_flight.pop(item.id, None)
+                self.processed += 1
+            self.wake.set()
+
+    def _heartbeat_loop(self) -> None:
+        # One batched UPDATE per interval extends every lease this worker holds.
+        interval = max(float(conf.get("LEASE_SECONDS")) / 3, 0.1)
+        try:
+            while True:
+                time.sleep(interval)
+                with self._lock:
+                    ids = list(self._in_flight)
+                if not ids:
+                    if self.stopping.is_set():
+                        return
+                    continue
+                try:
+                    queue.heartbeat(self.id, ids, db=self.db)
+                except Exception:
+                    logger.warning("worker %s: heartbeat failed", self.id, exc_info=True)
+                    connections[self.db].close()
+        finally:
+            connections.close_all()

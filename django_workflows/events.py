@@ -1,0 +1,99 @@
+"""``wf.Event`` and ``wf.send``: events are rows written in the caller's transaction."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+
+from . import conf
+from .errors import EventValidationError, WorkflowDefinitionError
+from .functions import validate_event_name
+
+
+@dataclass
+class Event:
+    """An event to send. ``id`` is your deduplication key; ``ts`` in the future delays its runs."""
+
+    name: str
+    data: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None
+    ts: datetime | None = None
+
+
+def _validate(event: Event, index: int, allow_system: bool) -> None:
+    where = f"event #{index}" if index else "event"
+    try:
+        validate_event_name(event.name, what=f"{where} name", allow_system=allow_system)
+    except WorkflowDefinitionError as exc:
+        raise EventValidationError(str(exc)) from None
+    if not isinstance(event.data, dict):
+        raise EventValidationError(f"{where} {event.name!r}: data must be a dict, got {type(event.data).__name__}")
+    try:
+        json.dumps(event.data, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise EventValidationError(f"{where} {event.name!r}: data is not JSON ({exc})") from None
+    if event.id is not None and (not isinstance(event.id, str) or not event.id or len(event.id) > 255):
+        raise EventValidationError(f"{where} {event.name!r}: id must be a non-empty string of at most 255 characters")
+    if event.ts is not None and (not isinstance(event.ts, datetime) or event.ts.tzinfo is None):
+        raise EventValidationError(f"{where} {event.name!r}: ts must be a timezone-aware datetime, got {event.ts!r}")
+
+
+def send(
+    event: str | Event | Iterable[Event],
+    data: dict[str, Any] | None = None,
+    *,
+    id: str | None = None,
+    ts: datetime | None = None,
+) -> list[str]:
+    """Store one or more events; returns their ids.
+
+    Runs in the caller's transaction: if it rolls back, the events (and their runs)
+    never existed. Nothing else happens on the caller's path; workers pick events up.
+    """
+    return _store(_as_events(event, data, id, ts), allow_system=False)
+
+
+def _as_events(event: Any, data: Any, id: Any, ts: Any) -> list[Event]:
+    if isinstance(event, str):
+        return [Event(name=event, data={} if data is None else data, id=id, ts=ts)]
+    if data is not None or id is not None or ts is not None:
+        raise EventValidationError("data, id and ts go with an event name; set them on each wf.Event instead")
+    if isinstance(event, Event):
+        return [event]
+    if isinstance(event, (list, tuple)):
+        events = list(event)
+        for index, item in enumerate(events, start=1):
+            if not isinstance(item, Event):
+                raise EventValidationError(f"event #{index}: expected a wf.Event, got {type(item).__name__}")
+        return events
+    raise EventValidationError(f"send() takes an event name, a wf.Event or a list of them, got {type(event).__name__}")
+
+
+def _store(events: list[Event], *, allow_system: bool) -> list[str]:
+    from .engine import clock, wakeup
+    from .models import Event as EventRow
+    from .models import QueueItem
+    from .states import QueueKind
+
+    for index, event in enumerate(events, start=1 if len(events) > 1 else 0):
+        _validate(event, index, allow_system)
+    if not events:
+        return []
+    db = conf.database()
+    now = clock.now()
+    rows = [
+        EventRow(name=e.name, data=e.data, ts=e.ts or now, received_at=now, dedup_id=e.id or "")
+        for e in events
+    ]
+    with transaction.atomic(using=db, savepoint=False):
+        EventRow.objects.using(db).bulk_create(rows)
+        QueueItem.objects.using(db).bulk_create(
+            [QueueItem(kind=QueueKind.EVENT, event=row, due_at=now) for row in rows]
+        )
+        wakeup.notify_on_commit(db)
+    return [str(row.id) for row in rows]

@@ -1,0 +1,148 @@
+"""Events, runs and steps (history), and the queue of due work (a small hot table)."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+from .ids import new_id
+from .states import FINISHED_STATUSES, QueueKind, RunStatus, StepKind, StepStatus
+
+__all__ = [
+    "Event", "Run", "Step", "QueueItem", "SeenEventId",
+    "RunStatus", "StepKind", "StepStatus", "QueueKind", "FINISHED_STATUSES",
+]
+
+
+class Event(models.Model):
+    """An event received by ``wf.send`` (or emitted by the engine)."""
+
+    id = models.UUIDField(primary_key=True, default=new_id, editable=False)
+    name = models.CharField(max_length=255, db_index=True)
+    data = models.JSONField(default=dict, blank=True)
+    ts = models.DateTimeField(help_text=_("When the event happened; a future ts delays its runs."))
+    received_at = models.DateTimeField(db_index=True)
+    dedup_id = models.CharField(
+        max_length=255,
+        blank=True,
+        default="",
+        help_text=_("The sender's event id: a repeat within 24 h is stored but triggers nothing."),
+    )
+
+    class Meta:
+        ordering = ["-received_at"]
+        verbose_name = _("event")
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.id})"
+
+    def as_payload(self) -> dict:
+        """The event as handlers and expressions see it."""
+        return {
+            "id": str(self.id),
+            "name": self.name,
+            "data": self.data,
+            "ts": int(self.ts.timestamp() * 1000),
+        }
+
+
+class Run(models.Model):
+    """One execution of a function, from its trigger to its end."""
+
+    id = models.UUIDField(primary_key=True, default=new_id, editable=False)
+    function_id = models.CharField(max_length=255)
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    output = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    event = models.ForeignKey(
+        Event, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs"
+    )
+    batch_event_ids = models.JSONField(default=list, blank=True)
+    replay_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replays"
+    )
+    attempts = models.PositiveIntegerField(
+        default=0, help_text=_("Failed attempts of the handler outside any step.")
+    )
+    queued_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-queued_at"]
+        indexes = [
+            models.Index(fields=["function_id", "-queued_at"], name="wf_run_function_idx"),
+            models.Index(fields=["status", "-queued_at"], name="wf_run_status_idx"),
+            models.Index(fields=["ended_at"], name="wf_run_ended_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.function_id} {self.id} ({self.status})"
+
+
+class Step(models.Model):
+    """A recorded step of a run: its result is memoized and never re-run once completed."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps")
+    step_id = models.CharField(max_length=255)
+    kind = models.CharField(max_length=16, choices=StepKind.choices, default=StepKind.RUN)
+    status = models.CharField(max_length=16, choices=StepStatus.choices)
+    output = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0, help_text=_("How many times its code ran."))
+    started_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    scheduled_at = models.DateTimeField(
+        null=True, blank=True, help_text=_("When a sleep ends, a wait times out or a retry runs.")
+    )
+
+    class Meta:
+        ordering = ["run", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "step_id"], name="wf_step_unique_per_run"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.step_id} ({self.status})"
+
+
+class QueueItem(models.Model):
+    """Due work. Small and hot: finished items are deleted, history lives elsewhere.
+
+    ``due_at`` doubles as the lease: claiming sets it to the lease's end, so an
+    item whose worker died becomes due again when the lease lapses. ``NULL``
+    parks an item until something wakes it.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    kind = models.CharField(max_length=16, choices=QueueKind.choices)
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    event = models.ForeignKey(
+        Event, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    step_id = models.CharField(max_length=255, blank=True, default="")
+    due_at = models.DateTimeField(null=True, blank=True)
+    worker_id = models.CharField(max_length=64, blank=True, default="")
+    lease_token = models.PositiveBigIntegerField(default=0)
+    claims = models.PositiveIntegerField(
+        default=0, help_text=_("Claims since the item last made progress (crash detection).")
+    )
+
+    class Meta:
+        db_table = "django_workflows_queue"
+        indexes = [
+            models.Index(
+                fields=["due_at"], name="wf_queue_due_idx", condition=models.Q(due_at__isnull=False)
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.run_id or self.event_id} due {self.due_at}"
+
+
+class SeenEventId(models.Model):
+    """The first event stored with a sender-given id; later ones within 24 h trigger nothing."""
+
+    key = models.CharField(max_length=255, primary_key=True)
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="+")
+    seen_at = models.DateTimeField()

@@ -1,0 +1,182 @@
+"""Helpers for testing code that uses django-workflows.
+
+``drain`` runs all due work in the calling process (inside your test's
+transaction); ``trigger`` runs one function in memory, with no database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from . import conf
+from .context import EventInfo
+from .engine import clock
+from .engine.executor import Outcome, execute
+from .engine.records import StepRecord
+from .errors import WorkflowDefinitionError
+from .events import Event
+from .functions import Function, resolve
+
+__all__ = ["drain", "trigger", "TriggerResult", "reset_clock"]
+
+DRAIN_WORKER_ID = "drain"
+
+
+def drain(advance_time: bool = False, max_jobs: int = 10_000) -> int:
+    """Run every due queue item in this process until nothing is due; return how many ran.
+
+    With ``advance_time=True``, whenever nothing is due the engine's clock jumps to the
+    next scheduled item (a sleep's end, a retry, a delayed event), until no work remains.
+    The clock stays moved afterwards; ``reset_clock()`` puts it back.
+    """
+    from .engine import queue
+    from .engine.worker import process_items
+
+    db = conf.database()
+    done = 0
+    while done < max_jobs:
+        items = queue.claim(DRAIN_WORKER_ID, 1, db=db)
+        if not items:
+            if not advance_time:
+                break
+            next_due = queue.next_due_at(db=db)
+            if next_due is None:
+                break
+            clock.advance_to(next_due)
+            continue
+        process_items(items, db=db)
+        done += len(items)
+    return done
+
+
+def reset_clock() -> None:
+    """Undo ``drain(advance_time=True)``'s clock moves."""
+    clock.reset()
+
+
+@dataclass
+class TriggerResult:
+    status: str
+    output: Any = None
+    error: dict | None = None
+    steps: dict[str, StepRecord] = field(default_factory=dict)
+
+
+class _MemoryCheckpointer:
+    def __init__(self, records: dict[str, StepRecord]) -> None:
+        self.records = records
+        self.until: datetime | None = None
+        self.result: TriggerResult | None = None
+        self.run_attempts = 0
+
+    def atomic(self) -> Any:
+        return contextlib.nullcontext()
+
+    def before_new_step(self) -> None:
+        pass
+
+    def record_step(self, record: StepRecord) -> None:
+        self.records[record.step_id] = record
+
+    def suspend(self, until: datetime | None, pending: StepRecord | None, run_attempts: int | None) -> None:
+        if pending is not None:
+            self.records[pending.step_id] = pending
+        if run_attempts is not None:
+            self.run_attempts = run_attempts
+        self.until = until
+
+    def complete(self, output: Any) -> None:
+        self.result = TriggerResult("completed", output=output, steps=self.records)
+
+    def fail(self, error: dict) -> None:
+        self.result = TriggerResult("failed", error=error, steps=self.records)
+
+
+def trigger(
+    fn: Function | str,
+    event: Event | dict | str,
+    step_stubs: dict[str, Any] | None = None,
+    *,
+    max_replays: int = 1000,
+) -> TriggerResult:
+    """Run one function in memory: no worker, no database; sleeps and retries take no time.
+
+    ``step_stubs`` maps step ids to values that replace those steps (a callable stub is
+    called with the step's arguments). Returns a result with ``status``, ``output``, ``error``.
+    """
+    function = resolve(fn)
+    info = _event_info(event)
+    records: dict[str, StepRecord] = {}
+    checkpointer = _MemoryCheckpointer(records)
+    stubbed = _StubbedFunction(function, step_stubs or {})
+    saved = clock._offset  # sleeps and backoffs move a private clock, then it is put back
+    try:
+        for _ in range(max_replays):
+            checkpointer.until = None
+            outcome = execute(
+                stubbed, run_id="trigger", events=[info], steps=records,
+                run_attempts=checkpointer.run_attempts, checkpointer=checkpointer,
+            )
+            if outcome is not Outcome.SUSPENDED:
+                assert checkpointer.result is not None
+                return checkpointer.result
+            if checkpointer.until is not None:
+                clock.advance_to(checkpointer.until)
+        raise RuntimeError(f"trigger({function.id!r}): still suspended after {max_replays} replays")
+    finally:
+        clock._offset = saved
+
+
+def _event_info(event: Event | dict | str) -> EventInfo:
+    now = clock.now()
+    if isinstance(event, str):
+        return EventInfo(id="test", name=event, data={}, ts=now)
+    if isinstance(event, Event):
+        return EventInfo(id=event.id or "test", name=event.name, data=event.data, ts=event.ts or now)
+    if isinstance(event, dict):
+        return EventInfo(
+            id=event.get("id") or "test", name=event.get("name", ""), data=event.get("data") or {},
+            ts=event.get("ts") or now,
+        )
+    raise WorkflowDefinitionError(f"trigger(): event must be a wf.Event, a dict or a name, got {event!r}")
+
+
+class _StubbedFunction:
+    """A function whose handler sees ``ctx.step`` calls for stubbed ids replaced by values."""
+
+    def __init__(self, function: Function, stubs: dict[str, Any]) -> None:
+        self._function = function
+        self._stubs = stubs
+        self.id = function.id
+        self.retries = function.retries
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._function, name)
+
+    def handler(self, ctx: Any) -> Any:
+        ctx.step = _StubbingSteps(ctx.step, self._stubs)
+        return self._function.handler(ctx)
+
+
+class _StubbingSteps:
+    def __init__(self, steps: Any, stubs: dict[str, Any]) -> None:
+        self._steps = steps
+        self._stubs = stubs
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._steps, name)
+        if not callable(real):
+            return real
+
+        def call(step_id: str, *args: Any, **kwargs: Any) -> Any:
+            if step_id not in self._stubs:
+                return real(step_id, *args, **kwargs)
+            stub = self._stubs[step_id]
+            # A callable stub of a ``run`` step gets the step's own arguments.
+            step_args = args[1:] if name == "run" else ()
+            return self._steps.run(step_id, stub if callable(stub) else (lambda *_: stub), *step_args)
+
+        return call
