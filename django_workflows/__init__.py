@@ -8,6 +8,7 @@
 """
 
 from .context import Context, EventInfo
+from .control import cancel, cancel_runs, pause, replay, resume
 from .durations import parse_duration
 from .errors import (
     EventValidationError,
@@ -18,9 +19,17 @@ from .errors import (
     WorkflowDefinitionError,
 )
 from .events import Event, send
-from .functions import Function, TriggerEvent, function
+from .functions import Cancel, Function, Timeouts, TriggerCron, TriggerEvent, function
 
 __all__ = [
+    "Cancel",
+    "Timeouts",
+    "TriggerCron",
+    "cancel",
+    "cancel_runs",
+    "pause",
+    "replay",
+    "resume",
     "Context",
     "Event",
     "EventInfo",

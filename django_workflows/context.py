@@ -35,17 +35,61 @@ class EventInfo:
         return {"id": self.id, "name": self.name, "data": self.data, "ts": int(self.ts.timestamp() * 1000)}
 
 
+@dataclass
+class WaitSpec:
+    """A wait_for_event that begins: becomes a ``Waiter`` row."""
+
+    step_id: str
+    event: str
+    match: str | None
+    if_exp: str | None
+    expires_at: datetime
+
+
+@dataclass
+class InvokeSpec:
+    """An invoke that begins: starts a run of ``function_id`` with ``data``."""
+
+    step_id: str
+    function_id: str
+    data: dict
+
+
 class Suspend(BaseException):
     """Stops the handler: the run resumes at ``until`` (``None``: when woken).
 
     A BaseException so that a handler's ``except Exception`` does not swallow it.
-    ``pending`` is a step record to write in the same transaction.
+    ``pending`` is a step record to write in the same transaction, with what the
+    step starts: a waiter, an invoked run, or parallel branches to queue.
     """
 
-    def __init__(self, until: datetime | None, pending: StepRecord | None = None) -> None:
+    def __init__(
+        self,
+        until: datetime | None,
+        pending: StepRecord | None = None,
+        *,
+        wait: WaitSpec | None = None,
+        invoke: InvokeSpec | None = None,
+        branches: list[str] | None = None,
+    ) -> None:
         super().__init__(until)
         self.until = until
         self.pending = pending
+        self.wait = wait
+        self.invoke = invoke
+        self.branches = branches or []
+
+
+class BranchDone(BaseException):
+    """A parallel branch's step reached its end: the branch item is done."""
+
+
+class _Planned(BaseException):
+    """Inside ``parallel``: this branch's next step has not run yet."""
+
+    def __init__(self, step_id: str) -> None:
+        super().__init__(step_id)
+        self.step_id = step_id
 
 
 class ReplayAwareLogger(logging.LoggerAdapter):
@@ -75,6 +119,7 @@ class Context:
         steps: dict[str, StepRecord],
         checkpointer: Checkpointer,
         run_attempt: int = 0,
+        target_step: str | None = None,
     ) -> None:
         self.function = function
         self.function_id = function.id
@@ -82,11 +127,13 @@ class Context:
         self.events = events
         self.event = events[0]
         self.attempt = run_attempt
+        self.target_step = target_step  # set when this execution runs one parallel branch
         self._checkpointer = checkpointer
         self._unconsumed = sum(
             1 for r in steps.values() if r.status in (StepStatus.COMPLETED, StepStatus.FAILED)
         )
         self.step = StepTools(self, steps)
+        self.group = Group(self)
         self.logger = ReplayAwareLogger(logging.getLogger(f"django_workflows.functions.{function.id}"), self)
 
     @property
@@ -131,21 +178,39 @@ class StepTools:
     # -- run -----------------------------------------------------------------------------
 
     def run(self, step_id: str, fn: Callable[..., T], *args: Any, atomic: bool = False) -> T:
-        """Run ``fn(*args)`` once; its JSON result is memoized for every replay."""
+        """Run ``fn(*args)`` once; its JSON result is memoized for every replay.
+
+        With ``atomic=True`` the step's database writes commit in the same transaction
+        as its recorded result: a step that only touches the database takes effect once.
+        """
         if not callable(fn):
             raise WorkflowDefinitionError(f"step {step_id!r}: fn must be callable, got {fn!r}")
-        sid = self._unique_id(step_id)
-        record = self._memoized(sid, StepKind.RUN)
+        return self._run_step(self._unique_id(step_id), StepKind.RUN, fn, args, atomic)
+
+    def send_event(self, step_id: str, events: Any) -> list[str]:
+        """Send one event or a list of them, exactly once; returns their ids."""
+        from .events import as_events
+
+        outgoing = as_events(events, None, None, None)
+        checkpointer = self._ctx._checkpointer
+        return self._run_step(
+            self._unique_id(step_id), StepKind.SEND_EVENT, lambda: checkpointer.send_events(outgoing), (), True
+        )
+
+    def _run_step(self, sid: str, kind: str, fn: Callable[..., Any], args: tuple, atomic: bool) -> Any:
+        record = self._memoized(sid, kind)
         if record is not None and record.status == StepStatus.COMPLETED:
             return record.output
         if record is not None and record.status == StepStatus.FAILED:
             raise StepError(sid, record.error or {})
+        if self._ctx.group._planning and self._ctx.target_step != sid:
+            raise _Planned(sid)
         now = clock.now()
         if record is not None and record.scheduled_at and record.scheduled_at > now:
             raise Suspend(record.scheduled_at)  # resumed before its retry is due
         self._new_work()
         attempt = record.attempts if record else 0
-        record = record or StepRecord(sid, StepKind.RUN, StepStatus.RETRYING)
+        record = record or StepRecord(sid, kind, StepStatus.RETRYING)
         record.started_at = record.started_at or now
         self._ctx.attempt = attempt
         checkpointer = self._ctx._checkpointer
@@ -157,9 +222,11 @@ class StepTools:
             else:
                 output = json_round_trip(fn(*args), what=f"step {sid!r}")
                 self._complete(record, output, attempt)
-            return output
         except Exception as exc:  # engine signals are BaseExceptions and pass through
-            return self._failed(record, attempt, exc)
+            self._failed(record, attempt, exc)
+        if self._ctx.target_step == sid:
+            raise BranchDone()
+        return output
 
     def _complete(self, record: StepRecord, output: Any, attempt: int) -> None:
         record.status = StepStatus.COMPLETED
@@ -170,7 +237,7 @@ class StepTools:
         record.scheduled_at = None
         self._ctx._checkpointer.record_step(record)
 
-    def _failed(self, record: StepRecord, attempt: int, exc: Exception) -> Any:
+    def _failed(self, record: StepRecord, attempt: int, exc: Exception) -> None:
         record.attempts = attempt + 1
         record.error = error_dict(exc)
         retries = self._ctx.function.retries
@@ -179,6 +246,8 @@ class StepTools:
             record.ended_at = clock.now()
             record.scheduled_at = None
             self._ctx._checkpointer.record_step(record)
+            if self._ctx.target_step == record.step_id:
+                raise BranchDone() from exc
             raise StepError(record.step_id, record.error) from exc
         if isinstance(exc, RetryAfterError):
             when = exc.retry_at or clock.now() + (exc.retry_after or timedelta(0))
@@ -200,7 +269,14 @@ class StepTools:
         moment = _parse_moment(when, what=f"sleep_until {step_id!r}")
         self._sleep(step_id, lambda: moment)
 
+    def _not_in_parallel(self, what: str) -> None:
+        if self._ctx.group._planning:
+            raise NonRetriableError(
+                f"{what} cannot run inside a ctx.group.parallel branch: branches run ctx.step.run steps"
+            )
+
     def _sleep(self, step_id: str, until: Callable[[], datetime]) -> None:
+        self._not_in_parallel("step.sleep")
         sid = self._unique_id(step_id)
         record = self._memoized(sid, StepKind.SLEEP)
         if record is not None and record.status == StepStatus.COMPLETED:
@@ -219,6 +295,150 @@ class StepTools:
         record.ended_at = now
         self._ctx._checkpointer.record_step(record)
         return None
+
+
+    # -- wait_for_event ------------------------------------------------------------------------
+
+    def wait_for_event(
+        self,
+        step_id: str,
+        *,
+        event: str,
+        timeout: Duration,
+        match: str | None = None,
+        if_exp: str | None = None,
+    ) -> EventInfo | None:
+        """Wait (without holding a worker) for an event received after the wait begins.
+
+        ``match="data.user_id"`` matches events whose ``data.user_id`` equals the trigger's;
+        ``if_exp`` is CEL over ``event`` (the trigger) and ``async`` (the incoming event).
+        Returns the event, or ``None`` after ``timeout``.
+        """
+        from .engine.lifecycle import compiled
+        from .functions import validate_event_name, validate_match_field
+
+        self._not_in_parallel("step.wait_for_event")
+        validate_event_name(event, what=f"wait_for_event {step_id!r} event", allow_system=True)
+        delta = parse_duration(timeout, what=f"wait_for_event {step_id!r} timeout")
+        if match is not None:
+            validate_match_field(match, what=f"wait_for_event {step_id!r} match")
+        if if_exp is not None:
+            try:
+                compiled(if_exp)
+            except WorkflowDefinitionError as exc:
+                raise WorkflowDefinitionError(f"wait_for_event {step_id!r}: {exc}") from None
+        sid = self._unique_id(step_id)
+        record = self._memoized(sid, StepKind.WAIT_FOR_EVENT)
+        if record is None:
+            self._new_work()
+            now = clock.now()
+            record = StepRecord(sid, StepKind.WAIT_FOR_EVENT, StepStatus.WAITING, started_at=now, scheduled_at=now + delta)
+            spec = WaitSpec(sid, event, match, if_exp, record.scheduled_at)
+            raise Suspend(record.scheduled_at, pending=record, wait=spec)
+        if record.status == StepStatus.WAITING:
+            if record.scheduled_at and record.scheduled_at > clock.now():
+                raise Suspend(record.scheduled_at)
+            self._new_work()
+            record = self._ctx._checkpointer.expire_wait(record)
+            self._records[sid] = record
+        return event_from_payload(record.output)
+
+    # -- invoke --------------------------------------------------------------------------------
+
+    def invoke(
+        self, step_id: str, *, function: Any, data: dict | None = None, timeout: Duration | None = None
+    ) -> Any:
+        """Start a run of ``function`` (a function or its id) and return its output.
+
+        The run waits without holding a worker. The invoked run's failure, or the
+        timeout, raises ``StepError`` here (not retried).
+        """
+        import json
+
+        from .functions import resolve
+
+        self._not_in_parallel("step.invoke")
+        target = resolve(function)
+        payload = {} if data is None else data
+        if not isinstance(payload, dict):
+            raise WorkflowDefinitionError(f"invoke {step_id!r}: data must be a dict, got {type(payload).__name__}")
+        try:
+            json.dumps(payload, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise WorkflowDefinitionError(f"invoke {step_id!r}: data is not JSON ({exc})") from None
+        delta = parse_duration(timeout, what=f"invoke {step_id!r} timeout") if timeout is not None else None
+        sid = self._unique_id(step_id)
+        record = self._memoized(sid, StepKind.INVOKE)
+        if record is None:
+            self._new_work()
+            now = clock.now()
+            record = StepRecord(
+                sid, StepKind.INVOKE, StepStatus.WAITING, started_at=now, scheduled_at=now + delta if delta else None
+            )
+            raise Suspend(record.scheduled_at, pending=record, invoke=InvokeSpec(sid, target.id, payload))
+        if record.status == StepStatus.WAITING:
+            if record.scheduled_at is None or record.scheduled_at > clock.now():
+                raise Suspend(record.scheduled_at)
+            self._new_work()
+            record = self._ctx._checkpointer.expire_invoke(record)
+            self._records[sid] = record
+        if record.status == StepStatus.FAILED:
+            raise StepError(sid, record.error or {})
+        return record.output
+
+
+class Group:
+    """``ctx.group``: steps that run at the same time."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._planning = False
+
+    def parallel(self, branches: Any) -> tuple:
+        """Run each branch (a callable that calls ``ctx.step.run``) at the same time.
+
+        Each branch's step is its own queue item, so branches spread over workers and
+        retry independently; the run resumes once all are recorded. Returns the branch
+        results as a tuple, in branch order. A branch whose step failed for good raises
+        its ``StepError`` here once all branches have ended.
+        """
+        branches = tuple(branches)
+        for index, branch in enumerate(branches):
+            if not callable(branch):
+                raise WorkflowDefinitionError(f"parallel: branch #{index} is not callable: {branch!r}")
+        if self._planning:
+            raise NonRetriableError("ctx.group.parallel cannot be nested inside another parallel branch")
+        results: list[Any] = [None] * len(branches)
+        pending: list[str] = []
+        failures: list[StepError] = []
+        self._planning = True
+        try:
+            for index, branch in enumerate(branches):
+                try:
+                    results[index] = branch()
+                except _Planned as planned:
+                    pending.append(planned.step_id)
+                except StepError as exc:
+                    failures.append(exc)
+        finally:
+            self._planning = False
+        if pending:
+            if self._ctx.target_step is not None:
+                raise BranchDone()  # this branch item's step is no longer pending
+            self._ctx.step._new_work()
+            raise Suspend(None, branches=pending)
+        if failures:
+            raise failures[0]
+        return tuple(results)
+
+
+def event_from_payload(payload: dict | None) -> EventInfo | None:
+    if payload is None:
+        return None
+    from datetime import timezone as dt_timezone
+
+    ts = datetime.fromtimestamp(payload.get("ts", 0) / 1000, tz=dt_timezone.utc)
+    return EventInfo(id=payload.get("id", ""), name=payload.get("name", ""), data=payload.get("data") or {}, ts=ts)
 
 
 def _parse_moment(value: datetime | str, *, what: str) -> datetime:

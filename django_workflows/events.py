@@ -55,10 +55,10 @@ def send(
     Runs in the caller's transaction: if it rolls back, the events (and their runs)
     never existed. Nothing else happens on the caller's path; workers pick events up.
     """
-    return _store(_as_events(event, data, id, ts), allow_system=False)
+    return store_events(as_events(event, data, id, ts), allow_system=False)
 
 
-def _as_events(event: Any, data: Any, id: Any, ts: Any) -> list[Event]:
+def as_events(event: Any, data: Any, id: Any, ts: Any) -> list[Event]:
     if isinstance(event, str):
         return [Event(name=event, data={} if data is None else data, id=id, ts=ts)]
     if data is not None or id is not None or ts is not None:
@@ -74,7 +74,7 @@ def _as_events(event: Any, data: Any, id: Any, ts: Any) -> list[Event]:
     raise EventValidationError(f"send() takes an event name, a wf.Event or a list of them, got {type(event).__name__}")
 
 
-def _store(events: list[Event], *, allow_system: bool) -> list[str]:
+def store_events(events: list[Event], *, allow_system: bool) -> list[str]:
     from .engine import clock, wakeup
     from .models import Event as EventRow
     from .models import QueueItem

@@ -8,6 +8,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from datetime import timedelta
+
+from .durations import Duration, parse_duration
 from .errors import UnknownFunctionError, WorkflowDefinitionError
 from .expressions import Expression
 
@@ -69,13 +72,105 @@ class TriggerEvent:
         return self.compiled is None or self.compiled.matches(event=payload)
 
 
-Trigger = TriggerEvent | str
+@dataclass(frozen=True)
+class TriggerCron:
+    """Start a run on a cron schedule; ``cron`` may start with ``TZ=Europe/Paris ``.
+
+    ``jitter`` (a duration) delays each run by a random amount up to it.
+    """
+
+    cron: str
+    jitter: Duration | None = None
+    expression: str = field(default="", init=False, repr=False)
+    timezone: str = field(default="UTC", init=False, repr=False)
+    jitter_delta: timedelta = field(default=timedelta(0), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        from croniter import croniter
+
+        if not isinstance(self.cron, str) or not self.cron.strip():
+            raise WorkflowDefinitionError(f"TriggerCron: cron must be a non-empty string, got {self.cron!r}")
+        text = self.cron.strip()
+        zone = "UTC"
+        if text.startswith(("TZ=", "CRON_TZ=")):
+            zone_part, _, text = text.partition(" ")
+            zone = zone_part.split("=", 1)[1]
+            try:
+                from zoneinfo import ZoneInfo
+
+                ZoneInfo(zone)
+            except Exception:
+                raise WorkflowDefinitionError(f"TriggerCron {self.cron!r}: unknown time zone {zone!r}") from None
+        if not croniter.is_valid(text.strip()):
+            raise WorkflowDefinitionError(
+                f"TriggerCron {self.cron!r}: {text.strip()!r} is not a valid cron expression "
+                "(five fields: minute hour day-of-month month day-of-week)"
+            )
+        object.__setattr__(self, "expression", text.strip())
+        object.__setattr__(self, "timezone", zone)
+        if self.jitter is not None:
+            object.__setattr__(self, "jitter_delta", parse_duration(self.jitter, what=f"TriggerCron {self.cron!r} jitter"))
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Cancel a run when ``event`` arrives (newer than the trigger, matching ``match``/``if_exp``)."""
+
+    event: str
+    match: str | None = None
+    if_exp: str | None = None
+    timeout: Duration | None = None
+    compiled: Expression | None = field(default=None, init=False, repr=False, compare=False)
+    timeout_delta: timedelta | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        validate_event_name(self.event, what="Cancel event", allow_system=True)
+        if self.match is not None:
+            validate_match_field(self.match, what=f"Cancel({self.event!r}) match")
+        if self.if_exp is not None:
+            object.__setattr__(self, "compiled", Expression(self.if_exp, what=f"Cancel({self.event!r}) if_exp"))
+        if self.timeout is not None:
+            object.__setattr__(self, "timeout_delta", parse_duration(self.timeout, what=f"Cancel({self.event!r}) timeout"))
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Cancel runs that waited longer than ``start`` to start, or run longer than ``finish``."""
+
+    start: Duration | None = None
+    finish: Duration | None = None
+    start_delta: timedelta | None = field(default=None, init=False, repr=False, compare=False)
+    finish_delta: timedelta | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.start is None and self.finish is None:
+            raise WorkflowDefinitionError("Timeouts: give start, finish or both")
+        if self.start is not None:
+            object.__setattr__(self, "start_delta", parse_duration(self.start, what="Timeouts start"))
+        if self.finish is not None:
+            object.__setattr__(self, "finish_delta", parse_duration(self.finish, what="Timeouts finish"))
+
+
+_MATCH_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def validate_match_field(match: object, *, what: str) -> str:
+    """``match="data.user_id"``: a dotted path into the event, compared for equality."""
+    if not isinstance(match, str) or not _MATCH_FIELD.match(match):
+        raise WorkflowDefinitionError(
+            f"{what} must be a dotted field path such as \"data.user_id\", got {match!r}"
+        )
+    return match
+
+
+Trigger = TriggerEvent | TriggerCron | str
 
 
 def _normalize_triggers(trigger: Trigger | Iterable[Trigger] | None, function_id: str) -> tuple:
     if trigger is None:
         return ()
-    items = [trigger] if isinstance(trigger, (str, TriggerEvent)) else list(trigger)  # type: ignore[arg-type]
+    single = isinstance(trigger, (str, TriggerEvent, TriggerCron))
+    items = [trigger] if single else list(trigger)  # type: ignore[arg-type]
     if len(items) > MAX_TRIGGERS:
         raise WorkflowDefinitionError(
             f"function {function_id!r}: at most {MAX_TRIGGERS} triggers, got {len(items)}"
@@ -84,10 +179,10 @@ def _normalize_triggers(trigger: Trigger | Iterable[Trigger] | None, function_id
     for item in items:
         if isinstance(item, str):
             item = TriggerEvent(event=item)
-        if not isinstance(item, TriggerEvent):
+        if not isinstance(item, (TriggerEvent, TriggerCron)):
             raise WorkflowDefinitionError(
-                f"function {function_id!r}: a trigger must be an event name, a wf.TriggerEvent "
-                f"or a list of them, got {item!r}"
+                f"function {function_id!r}: a trigger must be an event name, a wf.TriggerEvent, "
+                f"a wf.TriggerCron or a list of them, got {item!r}"
             )
         result.append(item)
     return tuple(result)
@@ -97,15 +192,31 @@ class Function:
     """A registered workflow function. Calling it calls the handler directly."""
 
     def __init__(
-        self, handler: Handler, *, id: str, name: str | None, triggers: tuple, retries: int
+        self,
+        handler: Handler,
+        *,
+        id: str,
+        name: str | None,
+        triggers: tuple,
+        retries: int,
+        cancel: tuple[Cancel, ...] = (),
+        timeouts: Timeouts | None = None,
+        on_failure: Function | None = None,
     ) -> None:
         self.handler = handler
         self.id = id
         self.name = name or id
         self.triggers = triggers
         self.retries = retries
+        self.cancel = cancel
+        self.timeouts = timeouts
+        self.on_failure = on_failure
         self.__doc__ = handler.__doc__
         self.__wrapped__ = handler
+
+    @property
+    def cron_triggers(self) -> tuple[TriggerCron, ...]:
+        return tuple(t for t in self.triggers if isinstance(t, TriggerCron))
 
     @property
     def event_triggers(self) -> tuple[TriggerEvent, ...]:
@@ -124,6 +235,9 @@ def function(
     name: str | None = None,
     trigger: Trigger | Iterable[Trigger] | None = None,
     retries: int = DEFAULT_RETRIES,
+    on_failure: Handler | None = None,
+    cancel: Cancel | Iterable[Cancel] | None = None,
+    timeouts: Timeouts | None = None,
 ) -> Callable[[Handler], Function]:
     """Declare a workflow function. See docs/functions-and-steps.md."""
     if not isinstance(id, str) or not _FUNCTION_ID.match(id):
@@ -136,15 +250,48 @@ def function(
             f"function {id!r}: retries must be an integer from 0 to {MAX_RETRIES}, got {retries!r}"
         )
     triggers = _normalize_triggers(trigger, id)
+    cancels = _normalize_cancel(cancel, id)
+    if timeouts is not None and not isinstance(timeouts, Timeouts):
+        raise WorkflowDefinitionError(f"function {id!r}: timeouts must be a wf.Timeouts, got {timeouts!r}")
+    if on_failure is not None and not callable(on_failure):
+        raise WorkflowDefinitionError(f"function {id!r}: on_failure must be a handler taking ctx")
 
     def decorate(handler: Handler) -> Function:
         if not callable(handler):
             raise WorkflowDefinitionError(f"function {id!r}: the handler must be callable")
-        fn = Function(handler, id=id, name=name, triggers=triggers, retries=retries)
+        failure_fn = None
+        if on_failure is not None:
+            # Like Inngest: the failure handler is a function of its own, triggered by
+            # workflows/function.failed events of this function.
+            failure_fn = Function(
+                on_failure,
+                id=f"{id}-failure",
+                name=f"{name or id} (on_failure)",
+                triggers=(TriggerEvent("workflows/function.failed", expression=f"event.data.function_id == {id!r}"),),
+                retries=retries,
+            )
+        fn = Function(
+            handler, id=id, name=name, triggers=triggers, retries=retries,
+            cancel=cancels, timeouts=timeouts, on_failure=failure_fn,
+        )
         registry.register(fn)
+        if failure_fn is not None:
+            registry.register(failure_fn)
         return fn
 
     return decorate
+
+
+def _normalize_cancel(cancel: object, function_id: str) -> tuple[Cancel, ...]:
+    if cancel is None:
+        return ()
+    items = [cancel] if isinstance(cancel, Cancel) else list(cancel)  # type: ignore[call-overload]
+    for item in items:
+        if not isinstance(item, Cancel):
+            raise WorkflowDefinitionError(
+                f"function {function_id!r}: cancel takes wf.Cancel(...) rules, got {item!r}"
+            )
+    return tuple(items)
 
 
 class Registry:
@@ -189,6 +336,10 @@ class Registry:
     def all(self) -> list[Function]:
         return list(self._functions.values())
 
+    def listened(self, event_name: str) -> bool:
+        """Whether any function triggers on ``event_name`` (system events are only stored then)."""
+        return event_name in self._by_event
+
     def triggered_by(self, event_name: str) -> list[tuple[Function, TriggerEvent]]:
         return self._by_event.get(event_name, [])
 
@@ -199,7 +350,7 @@ def _where(fn: Function) -> str:
 
 def _same_definition(a: Function, b: Function) -> bool:
     # The same module imported again (e.g. by a test runner) redefines, it does not duplicate.
-    return _where(a) == _where(b)
+    return _where(a) == _where(b) and a.id == b.id
 
 
 registry = Registry()

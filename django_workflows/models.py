@@ -6,11 +6,12 @@ from django.db import models
 from django.utils.translation import gettext_lazy as _
 
 from .ids import new_id
-from .states import FINISHED_STATUSES, QueueKind, RunStatus, StepKind, StepStatus
+from .states import FINISHED_STATUSES, QueueKind, RunStatus, StepKind, StepStatus, WaiterKind
 
 __all__ = [
     "Event", "Run", "Step", "QueueItem", "SeenEventId",
-    "RunStatus", "StepKind", "StepStatus", "QueueKind", "FINISHED_STATUSES",
+    "Waiter", "WaitKey", "FunctionState", "CronSchedule",
+    "RunStatus", "StepKind", "StepStatus", "QueueKind", "WaiterKind", "FINISHED_STATUSES",
 ]
 
 
@@ -60,6 +61,15 @@ class Run(models.Model):
     batch_event_ids = models.JSONField(default=list, blank=True)
     replay_of = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replays"
+    )
+    parent_run = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="invoked_runs",
+        help_text=_("The run whose step.invoke started this run."),
+    )
+    parent_step_id = models.CharField(max_length=255, blank=True, default="")
+    cron_key = models.CharField(
+        max_length=255, null=True, blank=True, unique=True,
+        help_text=_("function:schedule:time of a cron run; unique, so each tick starts one run."),
     )
     attempts = models.PositiveIntegerField(
         default=0, help_text=_("Failed attempts of the handler outside any step.")
@@ -127,12 +137,24 @@ class QueueItem(models.Model):
     claims = models.PositiveIntegerField(
         default=0, help_text=_("Claims since the item last made progress (crash detection).")
     )
+    wake = models.BooleanField(
+        default=False, help_text=_("Woken while leased: the holder re-queues it instead of parking it.")
+    )
+    schedule = models.ForeignKey(
+        "CronSchedule", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
 
     class Meta:
         db_table = "django_workflows_queue"
         indexes = [
             models.Index(
                 fields=["due_at"], name="wf_queue_due_idx", condition=models.Q(due_at__isnull=False)
+            ),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["schedule"], name="wf_queue_one_item_per_schedule",
+                condition=models.Q(schedule__isnull=False),
             ),
         ]
 
@@ -146,3 +168,61 @@ class SeenEventId(models.Model):
     key = models.CharField(max_length=255, primary_key=True)
     event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="+")
     seen_at = models.DateTimeField()
+
+
+class Waiter(models.Model):
+    """A run waiting for an event: a ``wait_for_event`` step, or a ``cancel`` rule.
+
+    ``match`` waits are found through the (event_name, match_field, match_value)
+    index, so intake cost does not grow with the number of waiting runs.
+    """
+
+    kind = models.CharField(max_length=8, choices=WaiterKind.choices)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="+")
+    step_id = models.CharField(max_length=255, blank=True, default="")
+    event_name = models.CharField(max_length=255)
+    match_field = models.CharField(max_length=255, blank=True, default="")
+    match_value = models.TextField(blank=True, default="", help_text=_("JSON of the trigger's value."))
+    if_exp = models.TextField(blank=True, default="")
+    trigger = models.JSONField(default=dict, help_text=_("The waiting run's trigger event, for if_exp."))
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["event_name", "match_field", "match_value"], name="wf_waiter_match_idx"),
+        ]
+
+
+class WaitKey(models.Model):
+    """The (event name, match field) pairs that waiters use; tiny, read at every intake."""
+
+    event_name = models.CharField(max_length=255)
+    match_field = models.CharField(max_length=255, blank=True, default="")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["event_name", "match_field"], name="wf_waitkey_unique"),
+        ]
+
+
+class FunctionState(models.Model):
+    """Per-function switches kept in the database (pause/resume)."""
+
+    function_id = models.CharField(max_length=255, primary_key=True)
+    paused = models.BooleanField(default=False)
+    changed_at = models.DateTimeField()
+
+
+class CronSchedule(models.Model):
+    """One cron trigger of one function; ``last_fired_for`` is compare-and-set per tick."""
+
+    function_id = models.CharField(max_length=255)
+    cron = models.CharField(max_length=255)
+    created_at = models.DateTimeField()
+    last_fired_for = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["function_id", "cron"], name="wf_cron_unique"),
+        ]

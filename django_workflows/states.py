@@ -35,3 +35,10 @@ class StepStatus(models.TextChoices):
 class QueueKind(models.TextChoices):
     EVENT = "event", _("Process an event")
     RUN = "run", _("Run or resume a run")
+    BRANCH = "branch", _("Run one parallel branch")
+    CRON = "cron", _("Fire a cron schedule")
+
+
+class WaiterKind(models.TextChoices):
+    WAIT = "wait", _("wait_for_event")
+    CANCEL = "cancel", _("Cancel on event")

@@ -42,7 +42,7 @@ def drain(advance_time: bool = False, max_jobs: int = 10_000) -> int:
         if not items:
             if not advance_time:
                 break
-            next_due = queue.next_due_at(db=db)
+            next_due = queue.next_due_at(db=db, exclude_cron=True)
             if next_due is None:
                 break
             clock.advance_to(next_due)
@@ -63,6 +63,7 @@ class TriggerResult:
     output: Any = None
     error: dict | None = None
     steps: dict[str, StepRecord] = field(default_factory=dict)
+    sent_events: list[Event] = field(default_factory=list)
 
 
 class _MemoryCheckpointer:
@@ -71,6 +72,8 @@ class _MemoryCheckpointer:
         self.until: datetime | None = None
         self.result: TriggerResult | None = None
         self.run_attempts = 0
+        self.branches: list[str] = []
+        self.sent: list[Event] = []
 
     def atomic(self) -> Any:
         return contextlib.nullcontext()
@@ -81,18 +84,44 @@ class _MemoryCheckpointer:
     def record_step(self, record: StepRecord) -> None:
         self.records[record.step_id] = record
 
-    def suspend(self, until: datetime | None, pending: StepRecord | None, run_attempts: int | None) -> None:
-        if pending is not None:
-            self.records[pending.step_id] = pending
+    def suspend(self, signal: Any, *, until: datetime | None, run_attempts: int | None = None) -> None:
+        if signal is not None:
+            if signal.wait is not None or signal.invoke is not None:
+                step_id = (signal.wait or signal.invoke).step_id
+                raise WorkflowDefinitionError(
+                    f"trigger(): step {step_id!r} waits for an event or another run, which trigger() "
+                    f"cannot do in memory: pass step_stubs={{{step_id.split(':')[0]!r}: <its result>}}"
+                )
+            if signal.pending is not None:
+                self.records[signal.pending.step_id] = signal.pending
+            self.branches = list(signal.branches)
         if run_attempts is not None:
             self.run_attempts = run_attempts
         self.until = until
 
     def complete(self, output: Any) -> None:
-        self.result = TriggerResult("completed", output=output, steps=self.records)
+        self.result = TriggerResult("completed", output=output, steps=self.records, sent_events=self.sent)
 
     def fail(self, error: dict) -> None:
-        self.result = TriggerResult("failed", error=error, steps=self.records)
+        self.result = TriggerResult("failed", error=error, steps=self.records, sent_events=self.sent)
+
+    def send_events(self, events: list) -> list[str]:
+        from .ids import new_id
+
+        self.sent.extend(events)
+        return [str(new_id()) for _ in events]
+
+    def expire_wait(self, record: StepRecord) -> StepRecord:  # waits are stubbed in trigger()
+        record.status, record.output = "completed", None
+        return record
+
+    def expire_invoke(self, record: StepRecord) -> StepRecord:  # invokes are stubbed in trigger()
+        record.status = "failed"
+        record.error = {"name": "InvokeTimeoutError", "message": "timed out", "stack": ""}
+        return record
+
+    def branch_done(self) -> None:
+        pass
 
 
 def trigger(
@@ -116,6 +145,7 @@ def trigger(
     try:
         for _ in range(max_replays):
             checkpointer.until = None
+            checkpointer.branches = []
             outcome = execute(
                 stubbed, run_id="trigger", events=[info], steps=records,
                 run_attempts=checkpointer.run_attempts, checkpointer=checkpointer,
@@ -123,6 +153,11 @@ def trigger(
             if outcome is not Outcome.SUSPENDED:
                 assert checkpointer.result is not None
                 return checkpointer.result
+            for branch in checkpointer.branches:  # parallel branches, one after another
+                execute(
+                    stubbed, run_id="trigger", events=[info], steps=records,
+                    run_attempts=checkpointer.run_attempts, checkpointer=checkpointer, target_step=branch,
+                )
             if checkpointer.until is not None:
                 clock.advance_to(checkpointer.until)
         raise RuntimeError(f"trigger({function.id!r}): still suspended after {max_replays} replays")
@@ -161,6 +196,9 @@ class _StubbedFunction:
         return self._function.handler(ctx)
 
 
+_STEP_METHODS = frozenset({"run", "sleep", "sleep_until", "wait_for_event", "invoke", "send_event"})
+
+
 class _StubbingSteps:
     def __init__(self, steps: Any, stubs: dict[str, Any]) -> None:
         self._steps = steps
@@ -168,7 +206,7 @@ class _StubbingSteps:
 
     def __getattr__(self, name: str) -> Any:
         real = getattr(self._steps, name)
-        if not callable(real):
+        if name not in _STEP_METHODS:
             return real
 
         def call(step_id: str, *args: Any, **kwargs: Any) -> Any:

@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
-from ..context import Context, EventInfo, Suspend
+from ..context import BranchDone, Context, EventInfo, Suspend
 from ..errors import NonRetriableError, RetryAfterError, StepError
 from ..functions import Function
 from . import clock
@@ -39,9 +39,13 @@ class Checkpointer(Protocol):
     def atomic(self) -> AbstractContextManager[Any]: ...
     def before_new_step(self) -> None: ...
     def record_step(self, record: StepRecord) -> None: ...
-    def suspend(self, until: datetime | None, pending: StepRecord | None, run_attempts: int | None) -> None: ...
+    def suspend(self, signal: Suspend | None, *, until: datetime | None, run_attempts: int | None = None) -> None: ...
     def complete(self, output: Any) -> None: ...
     def fail(self, error: dict) -> None: ...
+    def send_events(self, events: list) -> list[str]: ...
+    def expire_wait(self, record: StepRecord) -> StepRecord: ...
+    def expire_invoke(self, record: StepRecord) -> StepRecord: ...
+    def branch_done(self) -> None: ...
 
 
 class Outcome(enum.Enum):
@@ -59,8 +63,13 @@ def execute(
     steps: dict[str, StepRecord],
     run_attempts: int,
     checkpointer: Checkpointer,
+    target_step: str | None = None,
 ) -> Outcome:
-    """Run ``function``'s handler once, from the top, replaying recorded steps."""
+    """Run ``function``'s handler once, from the top, replaying recorded steps.
+
+    With ``target_step`` this execution runs one parallel branch: it replays up to the
+    ``parallel`` call, runs that branch's step, and stops.
+    """
     ctx = Context(
         function=function,
         run_id=run_id,
@@ -68,13 +77,16 @@ def execute(
         steps=steps,
         checkpointer=checkpointer,
         run_attempt=run_attempts,
+        target_step=target_step,
     )
+    if target_step is not None:
+        return _execute_branch(function, ctx, checkpointer, target_step)
     try:
         try:
             result = function.handler(ctx)
             output = json_round_trip(result, what=f"function {function.id!r}")
         except Suspend as suspend:
-            checkpointer.suspend(suspend.until, suspend.pending, None)
+            checkpointer.suspend(suspend, until=suspend.until)
             return Outcome.SUSPENDED
         except StepError as exc:
             # A step spent its retries and the handler did not catch it: the run fails.
@@ -106,5 +118,25 @@ def _handler_error(function: Function, exc: Exception, run_attempts: int, checkp
         "function %s: error outside steps (attempt %d of %d), retrying at %s: %r",
         function.id, attempts, function.retries + 1, when.isoformat(), exc,
     )
-    checkpointer.suspend(when, None, attempts)
+    checkpointer.suspend(None, until=when, run_attempts=attempts)
     return Outcome.SUSPENDED
+
+
+def _execute_branch(function: Function, ctx: Context, checkpointer: Checkpointer, target: str) -> Outcome:
+    """Run one parallel branch's step; whatever else the handler would do is not ours."""
+    try:
+        try:
+            function.handler(ctx)
+        except Suspend as suspend:
+            if suspend.pending is not None and suspend.pending.step_id == target:
+                checkpointer.suspend(suspend, until=suspend.until)  # the branch step retries later
+                return Outcome.SUSPENDED
+            if suspend.pending is None and suspend.until is not None and target in ctx.step._records:
+                checkpointer.suspend(None, until=suspend.until)  # resumed before its retry is due
+                return Outcome.SUSPENDED
+        except (BranchDone, Exception):
+            pass
+        checkpointer.branch_done()
+        return Outcome.COMPLETED
+    except LeaseLost:
+        return Outcome.LOST

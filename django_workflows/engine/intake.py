@@ -8,9 +8,9 @@ from datetime import timedelta
 from django.db import IntegrityError, transaction
 
 from ..functions import registry
-from ..models import Event, QueueItem, Run, SeenEventId
-from ..states import QueueKind, RunStatus
-from . import clock, wakeup
+from ..models import Event, QueueItem, SeenEventId
+from ..states import WaiterKind
+from . import clock, lifecycle, wakeup
 from .queue import Claimed
 
 logger = logging.getLogger("django_workflows.worker")
@@ -19,10 +19,12 @@ DEDUP_WINDOW = timedelta(hours=24)
 
 
 def process_events(items: list[Claimed], *, db: str) -> int:
-    """Start the runs that ``items``' events trigger; returns how many runs were queued."""
+    """Resume waits, apply cancellations and start the runs that ``items``' events trigger.
+
+    Returns how many runs were started.
+    """
     events = Event.objects.using(db).in_bulk([i.event_id for i in items])
-    runs: list[Run] = []
-    queued: list[QueueItem] = []
+    pairs: list = []
     with transaction.atomic(using=db):
         held = set(
             QueueItem.objects.using(db)
@@ -32,20 +34,29 @@ def process_events(items: list[Claimed], *, db: str) -> int:
         )
         mine = [i for i in items if (i.id, i.token) in held]
         now = clock.now()
-        for item in mine:
-            event = events.get(_pk(item.event_id))
-            if event is None or not _first_delivery(db, event):
-                continue
+        delivered = [
+            event for item in mine
+            if (event := events.get(_pk(item.event_id))) is not None and _first_delivery(db, event)
+        ]
+        for event_pk, waiters in lifecycle.waiters_for(db, delivered).items():
+            event = events[event_pk]
+            for waiter in waiters:
+                if waiter.kind == WaiterKind.WAIT:
+                    lifecycle.resolve_wait(db, waiter, event)
+                else:
+                    lifecycle.cancel_run(db, waiter.run_id, reason=f"cancelled by event {event.name} {event.pk}")
+        paused = lifecycle.paused_functions(db) if delivered else set()
+        for event in delivered:
             for function in _functions_for(event):
-                run = Run(function_id=function.id, event=event, status=RunStatus.QUEUED, queued_at=now)
-                runs.append(run)
-                queued.append(QueueItem(kind=QueueKind.RUN, run=run, due_at=max(event.ts, now)))
-        Run.objects.using(db).bulk_create(runs)
-        QueueItem.objects.using(db).bulk_create(queued)
+                if function.id in paused:
+                    logger.info("event %s starts no run of paused function %s", event.pk, function.id)
+                    continue
+                pairs.append((lifecycle.new_run(function, event, now=now), max(event.ts, now)))
+        lifecycle.insert_runs(db, pairs)
         QueueItem.objects.using(db).filter(id__in=[i.id for i in mine]).delete()
-    if runs:
+    if pairs:
         wakeup.notify(db)  # other idle workers may take the new runs at once
-    return len(runs)
+    return len(pairs)
 
 
 def _pk(value: str | None) -> object:

@@ -131,11 +131,15 @@ def release(worker_id: str, item_ids: Iterable[int], *, db: str | None = None) -
     )
 
 
-def next_due_at(*, db: str | None = None) -> datetime | None:
+def next_due_at(*, db: str | None = None, exclude_cron: bool = False) -> datetime | None:
     """The earliest ``due_at`` of any item (leased items count: a lapsing lease is work)."""
     from django.db.models import Min
 
     from ..models import QueueItem
+    from ..states import QueueKind
 
     db = db or conf.database()
-    return QueueItem.objects.using(db).filter(due_at__isnull=False).aggregate(m=Min("due_at"))["m"]
+    items = QueueItem.objects.using(db).filter(due_at__isnull=False)
+    if exclude_cron:
+        items = items.exclude(kind=QueueKind.CRON)  # schedules never run out
+    return items.aggregate(m=Min("due_at"))["m"]

@@ -11,14 +11,15 @@ from datetime import datetime
 from typing import Any
 
 from django.db import DatabaseError, transaction
+from django.db.models import Case, Value, When
 
 from .. import conf
 from ..context import EventInfo, Suspend
 from ..errors import UnknownFunctionError
 from ..functions import registry
-from ..models import Event, QueueItem, Run, Step
-from ..states import FINISHED_STATUSES, RunStatus
-from . import clock
+from ..models import Event, QueueItem, Run, Step, Waiter
+from ..states import FINISHED_STATUSES, QueueKind, RunStatus, StepStatus, WaiterKind
+from . import clock, lifecycle
 from .executor import CheckpointFailed, LeaseLost, Outcome, execute
 from .queue import Claimed
 from .records import StepRecord
@@ -29,11 +30,15 @@ logger = logging.getLogger("django_workflows.worker")
 class DatabaseCheckpointer:
     """Records a run's progress; each write first checks that this worker still holds the lease."""
 
-    def __init__(self, db: str, item: Claimed, run_id: str, stopping: threading.Event | None) -> None:
+    def __init__(
+        self, db: str, item: Claimed, run: Run, stopping: threading.Event | None, deadline: datetime | None = None
+    ) -> None:
         self.db = db
         self.item = item
-        self.run_id = run_id
+        self.run = run
+        self.run_id = str(run.pk)
         self.stopping = stopping
+        self.deadline = deadline  # Timeouts(finish=...): never park past it
 
     @contextmanager
     def _fenced(self) -> Iterator[None]:
@@ -81,26 +86,97 @@ class DatabaseCheckpointer:
         with self._fenced():
             self._write_step(record)
 
-    def suspend(self, until: datetime | None, pending: StepRecord | None, run_attempts: int | None) -> None:
+    def suspend(self, signal: Suspend | None, *, until: datetime | None, run_attempts: int | None = None) -> None:
+        if self.deadline is not None and (until is None or until > self.deadline):
+            until = self.deadline
+        now = clock.now()
         with self._fenced():
-            if pending is not None:
-                self._write_step(pending)
+            if signal is not None:
+                self._start_effects(signal, now)
             if run_attempts is not None:
                 Run.objects.using(self.db).filter(pk=self.run_id).update(attempts=run_attempts)
+            # Woken while we held it (an event, an invoked run or the last branch arrived):
+            # due now instead of parked.
             QueueItem.objects.using(self.db).filter(pk=self.item.id).update(
-                worker_id="", due_at=until, claims=0
+                worker_id="", claims=0, wake=False,
+                due_at=Case(When(wake=True, then=Value(now)), default=Value(until)),
             )
 
-    def _finish(self, **fields: Any) -> None:
+    def _start_effects(self, signal: Suspend, now: datetime) -> None:
+        if signal.pending is not None:
+            self._write_step(signal.pending)
+        if signal.wait is not None:
+            wait = signal.wait
+            trigger = lifecycle._run_trigger(self.run)
+            lifecycle.add_waiters(self.db, [lifecycle.make_waiter(
+                WaiterKind.WAIT, self.run_id, wait.step_id, wait.event, wait.match, wait.if_exp, trigger,
+                created_at=now, expires_at=wait.expires_at,
+            )])
+        if signal.invoke is not None:
+            lifecycle.start_invoked_run(self.db, self.run, signal.invoke, now=now)
+        if signal.branches:
+            existing = set(
+                QueueItem.objects.using(self.db)
+                .filter(run_id=self.run_id, kind=QueueKind.BRANCH)
+                .values_list("step_id", flat=True)
+            )
+            QueueItem.objects.using(self.db).bulk_create([
+                QueueItem(kind=QueueKind.BRANCH, run_id=self.run_id, step_id=sid, due_at=now)
+                for sid in signal.branches if sid not in existing
+            ])
+
+    def _finish(self, *, output: Any = None, error: dict | None = None) -> None:
+        status = RunStatus.COMPLETED if error is None else RunStatus.FAILED
         with self._fenced():
-            Run.objects.using(self.db).filter(pk=self.run_id).update(ended_at=clock.now(), **fields)
-            QueueItem.objects.using(self.db).filter(pk=self.item.id).delete()
+            Run.objects.using(self.db).filter(pk=self.run_id).update(
+                ended_at=clock.now(), status=status, output=output, error=error
+            )
+            QueueItem.objects.using(self.db).filter(run_id=self.run_id).delete()
+            Waiter.objects.using(self.db).filter(run_id=self.run_id).delete()
+            lifecycle.run_finished(self.db, self.run, output=output, error=error)
 
     def complete(self, output: Any) -> None:
-        self._finish(status=RunStatus.COMPLETED, output=output)
+        self._finish(output=output)
 
     def fail(self, error: dict) -> None:
-        self._finish(status=RunStatus.FAILED, error=error)
+        self._finish(error=error)
+
+    def send_events(self, events: list) -> list[str]:
+        from ..events import store_events
+
+        return store_events(events, allow_system=False)
+
+    def _reload(self, record: StepRecord) -> StepRecord:
+        return load_steps(self.db, self.run_id, step_id=record.step_id)[record.step_id]
+
+    def expire_wait(self, record: StepRecord) -> StepRecord:
+        """The wait timed out, unless an event resolved it first (whoever deletes the waiter wins)."""
+        with self._fenced():
+            won = Waiter.objects.using(self.db).filter(run_id=self.run_id, step_id=record.step_id).delete()[0]
+            if won:
+                record.status, record.output, record.ended_at = StepStatus.COMPLETED, None, clock.now()
+                self._write_step(record)
+                return record
+        return self._reload(record)
+
+    def expire_invoke(self, record: StepRecord) -> StepRecord:
+        """The invoke timed out, unless the invoked run finished first (compare-and-set on the step)."""
+        error = {"name": "InvokeTimeoutError", "message": f"invoked run did not finish by {record.scheduled_at}", "stack": ""}
+        with self._fenced():
+            won = Step.objects.using(self.db).filter(
+                run_id=self.run_id, step_id=record.step_id, status=StepStatus.WAITING
+            ).update(status=StepStatus.FAILED, error=error, ended_at=clock.now())
+        return self._reload(record) if not won else StepRecord(**{**record.__dict__, "status": StepStatus.FAILED, "error": error})
+
+    def branch_done(self) -> None:
+        """Drop this branch's item; the last branch of a group wakes the run."""
+        with self._fenced():
+            # Lock the run's item first so that two last branches cannot both miss each other.
+            list(QueueItem.objects.using(self.db).select_for_update().filter(run_id=self.run_id, kind=QueueKind.RUN))
+            QueueItem.objects.using(self.db).filter(pk=self.item.id).delete()
+            others = QueueItem.objects.using(self.db).filter(run_id=self.run_id, kind=QueueKind.BRANCH).exists()
+            if not others:
+                lifecycle.wake_run(self.db, self.run_id)
 
 
 def event_info(event: Event | None, fallback_ts: datetime) -> EventInfo:
@@ -109,7 +185,10 @@ def event_info(event: Event | None, fallback_ts: datetime) -> EventInfo:
     return EventInfo(id=event.dedup_id or str(event.id), name=event.name, data=event.data, ts=event.ts)
 
 
-def load_steps(db: str, run_id: str) -> dict[str, StepRecord]:
+def load_steps(db: str, run_id: str, step_id: str | None = None) -> dict[str, StepRecord]:
+    steps = Step.objects.using(db).filter(run_id=run_id)
+    if step_id is not None:
+        steps = steps.filter(step_id=step_id)
     return {
         s.step_id: StepRecord(
             step_id=s.step_id,
@@ -123,17 +202,17 @@ def load_steps(db: str, run_id: str) -> dict[str, StepRecord]:
             scheduled_at=s.scheduled_at,
             stored=True,
         )
-        for s in Step.objects.using(db).filter(run_id=run_id)
+        for s in steps
     }
 
 
 def process_run(item: Claimed, *, db: str, stopping: threading.Event | None = None) -> Outcome | None:
-    """Run or resume the run behind a claimed item, until it ends or suspends."""
+    """Run or resume the run behind a claimed item (or one parallel branch of it)."""
     run = Run.objects.using(db).select_related("event").filter(pk=item.run_id).first()
-    checkpointer = DatabaseCheckpointer(db, item, str(item.run_id), stopping)
     if run is None or run.status in FINISHED_STATUSES:
         _drop(db, item)
         return None
+    checkpointer = DatabaseCheckpointer(db, item, run, stopping)
     try:
         function = registry.get(run.function_id)
     except UnknownFunctionError as exc:
@@ -146,11 +225,16 @@ def process_run(item: Claimed, *, db: str, stopping: threading.Event | None = No
             f"recording progress (MAX_CRASHES is {max_crashes}); a step may be killing its worker",
         )
     now = clock.now()
+    if _timed_out(db, function, run, now):
+        return Outcome.FAILED
     if run.status == RunStatus.QUEUED:
         Run.objects.using(db).filter(pk=run.pk, status=RunStatus.QUEUED).update(
             status=RunStatus.RUNNING, started_at=now
         )
+        run.started_at = now
         logger.info("run started: %s %s", run.function_id, run.pk)
+    if function.timeouts is not None and function.timeouts.finish_delta is not None:
+        checkpointer.deadline = run.started_at + function.timeouts.finish_delta
     started = time.monotonic()
     try:
         outcome = execute(
@@ -160,16 +244,36 @@ def process_run(item: Claimed, *, db: str, stopping: threading.Event | None = No
             steps=load_steps(db, str(run.pk)),
             run_attempts=run.attempts,
             checkpointer=checkpointer,
+            target_step=item.step_id if item.kind == QueueKind.BRANCH else None,
         )
     except CheckpointFailed as exc:
         logger.error("run %s: could not record progress (%s); it resumes when its lease lapses", run.pk, exc)
         return None
+    if item.kind == QueueKind.BRANCH:
+        return outcome
     elapsed = (time.monotonic() - started) * 1000
     if outcome is Outcome.COMPLETED:
         logger.info("run completed: %s %s (%.1f ms)", run.function_id, run.pk, elapsed)
     elif outcome is Outcome.FAILED:
         logger.warning("run failed: %s %s", run.function_id, run.pk)
     return outcome
+
+
+def _timed_out(db: str, function: Any, run: Run, now: datetime) -> bool:
+    """Timeouts(start=..., finish=...): cancel a run that waited or ran too long."""
+    timeouts = function.timeouts
+    if timeouts is None:
+        return False
+    reason = None
+    if timeouts.start_delta is not None and run.status == RunStatus.QUEUED and now > run.queued_at + timeouts.start_delta:
+        reason = f"did not start within {timeouts.start} (Timeouts.start)"
+    elif timeouts.finish_delta is not None and run.started_at and now >= run.started_at + timeouts.finish_delta:
+        reason = f"did not finish within {timeouts.finish} (Timeouts.finish)"
+    if reason is None:
+        return False
+    with transaction.atomic(using=db):
+        lifecycle.cancel_run(db, run.pk, reason=reason)
+    return True
 
 
 def _fail_early(checkpointer: DatabaseCheckpointer, run: Run, name: str, message: str) -> Outcome:

@@ -14,7 +14,7 @@ from django.db import connections
 
 from .. import conf
 from ..states import QueueKind
-from . import clock, queue, wakeup
+from . import clock, cron, queue, wakeup
 from .intake import process_events
 from .queue import Claimed
 from .store import process_run
@@ -30,8 +30,10 @@ def process_items(items: list[Claimed], *, db: str, stopping: threading.Event | 
     if events:
         process_events(events, db=db)
     for item in items:
-        if item.kind == QueueKind.RUN:
+        if item.kind in (QueueKind.RUN, QueueKind.BRANCH):
             process_run(item, db=db, stopping=stopping)
+        elif item.kind == QueueKind.CRON:
+            cron.process_cron_item(item, db=db)
         elif item.kind != QueueKind.EVENT:
             logger.error("unknown queue item kind %r (item %s); left for a newer worker", item.kind, item.id)
 
@@ -71,6 +73,9 @@ class Worker:
         for thread in self._threads:
             thread.start()
         threading.Thread(target=self._heartbeat_loop, name="wf-heartbeat", daemon=True).start()
+        schedules = cron.sync_schedules(self.db)
+        if schedules:
+            logger.info("worker %s: %d cron schedules", self.id, schedules)
         if vendor == "postgresql" and conf.get("NOTIFY"):
             wakeup.Listener(self.db, self.wake, self.stopping).start()
         try:

@@ -1,0 +1,130 @@
+"""Run control: replay, cancel, pause and resume (``wf.replay``, ``wf.cancel`` ...)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from django.db import transaction
+
+from . import conf
+from .engine import clock, wakeup
+from .expressions import Expression
+from .functions import registry
+from .states import FINISHED_STATUSES, RunStatus, StepStatus
+
+# engine.lifecycle imports the models: import it inside the calls, so that
+# ``import django_workflows`` works before the app registry is ready.
+
+if TYPE_CHECKING:
+    from .models import Run
+
+
+def replay(run_id: Any, from_step: str | None = None) -> Run:
+    """Start a new run of the same function and trigger event(s), linked by ``replay_of``.
+
+    With ``from_step``, the steps recorded before it keep their outputs (they are not
+    run again); ``from_step`` and everything after it run anew.
+    """
+    from .models import Run, Step
+
+    from .engine import lifecycle
+
+    db = conf.database()
+    original = Run.objects.using(db).select_related("event").get(pk=run_id)
+    function = registry.get(original.function_id)
+    kept: list[Step] = []
+    if from_step is not None:
+        steps = list(Step.objects.using(db).filter(run=original).order_by("id"))
+        ids = [s.step_id for s in steps]
+        if from_step not in ids:
+            raise ValueError(
+                f"run {original.pk} has no step {from_step!r}; its steps are: {', '.join(ids) or '(none)'}"
+            )
+        kept = [s for s in steps[: ids.index(from_step)] if s.status == StepStatus.COMPLETED]
+    now = clock.now()
+    with transaction.atomic(using=db):
+        run = lifecycle.new_run(
+            function, original.event, now=now, replay_of=original, batch_event_ids=original.batch_event_ids
+        )
+        lifecycle.insert_runs(db, [(run, now)])
+        Step.objects.using(db).bulk_create(
+            [
+                Step(
+                    run=run, step_id=s.step_id, kind=s.kind, status=s.status, output=s.output,
+                    attempts=s.attempts, started_at=s.started_at, ended_at=s.ended_at,
+                )
+                for s in kept
+            ]
+        )
+        wakeup.notify_on_commit(db)
+    return run
+
+
+def cancel(run_id: Any) -> bool:
+    """Cancel a run: a step that is running finishes, no later step starts.
+
+    Returns False if the run had already ended.
+    """
+    from .engine import lifecycle
+
+    db = conf.database()
+    with transaction.atomic(using=db):
+        return lifecycle.cancel_run(db, run_id, reason="cancelled by wf.cancel")
+
+
+def cancel_runs(
+    function_id: str,
+    started_after: datetime | None = None,
+    started_before: datetime | None = None,
+    if_exp: str | None = None,
+) -> int:
+    """Cancel the function's unfinished runs queued in the time range whose trigger matches
+    ``if_exp`` (CEL over ``event``); returns how many were cancelled."""
+    from .models import Run
+
+    from .engine import lifecycle
+
+    db = conf.database()
+    registry.get(function_id)
+    expression = Expression(if_exp, what="cancel_runs if_exp") if if_exp else None
+    runs = Run.objects.using(db).filter(function_id=function_id).exclude(status__in=FINISHED_STATUSES)
+    if started_after is not None:
+        runs = runs.filter(queued_at__gt=started_after)
+    if started_before is not None:
+        runs = runs.filter(queued_at__lt=started_before)
+    count = 0
+    for run in runs.select_related("event").iterator():
+        if expression is not None and not expression.matches(event=run.event.as_payload() if run.event else {}):
+            continue
+        with transaction.atomic(using=db):
+            count += lifecycle.cancel_run(db, run.pk, reason="cancelled by wf.cancel_runs")
+    return count
+
+
+def pause(function_id: str) -> None:
+    """Start no new runs of the function (its events are still stored); runs in progress go on."""
+    _set_paused(function_id, True)
+
+
+def resume(function_id: str) -> None:
+    """Start runs of the function again for events that arrive from now on."""
+    _set_paused(function_id, False)
+
+
+def _set_paused(function_id: str, paused: bool) -> None:
+    from .models import FunctionState
+
+    registry.get(function_id)
+    FunctionState.objects.using(conf.database()).update_or_create(
+        function_id=function_id, defaults={"paused": paused, "changed_at": clock.now()}
+    )
+
+
+def is_paused(function_id: str) -> bool:
+    from .engine import lifecycle
+
+    return function_id in lifecycle.paused_functions(conf.database())
+
+
+__all__ = ["replay", "cancel", "cancel_runs", "pause", "resume", "is_paused", "RunStatus"]

@@ -1,0 +1,245 @@
+"""Run lifecycle writes shared by intake, the executor and run control.
+
+Every function here runs inside the caller's transaction on the workflows database.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from django.db.models import Case, F, Q, Value, When
+
+from ..expressions import Expression
+from ..functions import Function, registry
+from ..models import Event, FunctionState, QueueItem, Run, Step, Waiter, WaitKey
+from ..states import FINISHED_STATUSES, QueueKind, RunStatus, StepStatus, WaiterKind
+from . import clock
+
+logger = logging.getLogger("django_workflows.worker")
+
+
+@lru_cache(maxsize=1024)
+def compiled(source: str) -> Expression:
+    return Expression(source)
+
+
+def lookup(payload: dict, path: str) -> tuple[bool, Any]:
+    """Follow a dotted path (``data.user_id``) into an event payload."""
+    value: Any = payload
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return False, None
+        value = value[part]
+    return True, value
+
+
+def match_key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def paused_functions(db: str) -> set[str]:
+    return set(FunctionState.objects.using(db).filter(paused=True).values_list("function_id", flat=True))
+
+
+# -- creating runs ---------------------------------------------------------------------------
+
+
+def new_run(function: Function, event: Event | None, *, now: datetime, **fields: Any) -> Run:
+    return Run(function_id=function.id, event=event, status=RunStatus.QUEUED, queued_at=now, **fields)
+
+
+def insert_runs(db: str, pairs: list[tuple[Run, datetime]]) -> None:
+    """Insert runs, their queue items (due at the paired time) and their cancel rules."""
+    if not pairs:
+        return
+    Run.objects.using(db).bulk_create([run for run, _ in pairs])
+    QueueItem.objects.using(db).bulk_create(
+        [QueueItem(kind=QueueKind.RUN, run=run, due_at=due) for run, due in pairs]
+    )
+    waiters = [w for run, _ in pairs for w in _cancel_waiters(run)]
+    if waiters:
+        add_waiters(db, waiters)
+
+
+def _cancel_waiters(run: Run) -> list[Waiter]:
+    function = registry._functions.get(run.function_id)
+    if function is None or not function.cancel:
+        return []
+    trigger = run.event.as_payload() if run.event else {}
+    since = run.event.received_at if run.event else run.queued_at
+    waiters = []
+    for rule in function.cancel:
+        waiters.append(
+            make_waiter(
+                WaiterKind.CANCEL, run, "", rule.event, rule.match, rule.if_exp, trigger,
+                created_at=since,
+                expires_at=since + rule.timeout_delta if rule.timeout_delta else None,
+            )
+        )
+    return waiters
+
+
+def make_waiter(
+    kind: str, run: Run | str, step_id: str, event_name: str, match: str | None, if_exp: str | None,
+    trigger: dict, *, created_at: datetime, expires_at: datetime | None,
+) -> Waiter:
+    match_value = ""
+    if match:
+        found, value = lookup(trigger, match)
+        # A trigger without the field can never be matched; "\0" is no JSON text.
+        match_value = match_key(value) if found else "\0missing"
+    run_id = run if isinstance(run, str) else run.pk
+    return Waiter(
+        kind=kind, run_id=run_id, step_id=step_id, event_name=event_name,
+        match_field=match or "", match_value=match_value, if_exp=if_exp or "",
+        trigger=trigger, created_at=created_at, expires_at=expires_at,
+    )
+
+
+def add_waiters(db: str, waiters: list[Waiter]) -> None:
+    keys = {(w.event_name, w.match_field) for w in waiters}
+    WaitKey.objects.using(db).bulk_create(
+        [WaitKey(event_name=name, match_field=field) for name, field in keys], ignore_conflicts=True
+    )
+    Waiter.objects.using(db).bulk_create(waiters)
+
+
+def _run_trigger(run: Run) -> dict:
+    return run.event.as_payload() if run.event else {}
+
+
+def start_invoked_run(db: str, parent: Run, spec: Any, *, now: datetime) -> Run:
+    """step.invoke: a new run of the target, fed a workflows/function.invoked event."""
+    function = registry.get(spec.function_id)
+    event = Event(name="workflows/function.invoked", data=spec.data, ts=now, received_at=now)
+    event.save(using=db)
+    child = new_run(function, event, now=now, parent_run_id=parent.pk, parent_step_id=spec.step_id)
+    insert_runs(db, [(child, now)])
+    return child
+
+
+# -- matching incoming events ------------------------------------------------------------------
+
+
+def waiters_for(db: str, events: list[Event]) -> dict[Any, list[Waiter]]:
+    """The waiters each event matches, found through the match index, then if_exp."""
+    names = {e.name for e in events}
+    fields_by_name: dict[str, list[str]] = {}
+    for name, field in WaitKey.objects.using(db).filter(event_name__in=names).values_list("event_name", "match_field"):
+        fields_by_name.setdefault(name, []).append(field)
+    result: dict[Any, list[Waiter]] = {}
+    for event in events:
+        fields = fields_by_name.get(event.name)
+        if not fields:
+            continue
+        payload = event.as_payload()
+        condition = Q()
+        for field in fields:
+            if not field:
+                condition |= Q(match_field="")
+                continue
+            found, value = lookup(payload, field)
+            if found:
+                condition |= Q(match_field=field, match_value=match_key(value))
+        if not condition:
+            continue
+        candidates = Waiter.objects.using(db).filter(
+            condition, event_name=event.name, created_at__lt=event.received_at
+        ).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=event.received_at))
+        matched = [w for w in candidates if not w.if_exp or compiled(w.if_exp).matches(event=w.trigger, **{"async": payload})]
+        if matched:
+            result[event.pk] = matched
+    return result
+
+
+# -- waking, resolving, cancelling -------------------------------------------------------------
+
+
+def wake_run(db: str, run_id: Any) -> None:
+    """Make a parked run due now; if a worker holds it, ask it to re-queue instead of parking."""
+    now = clock.now()
+    QueueItem.objects.using(db).filter(run_id=run_id, kind=QueueKind.RUN).update(
+        due_at=Case(When(worker_id="", then=Value(now)), default=F("due_at")),
+        wake=Case(When(worker_id="", then=Value(False)), default=Value(True)),
+    )
+
+
+def resolve_wait(db: str, waiter: Waiter, event: Event) -> bool:
+    """Complete a wait_for_event step with ``event``; False if something else got there first."""
+    if not Waiter.objects.using(db).filter(pk=waiter.pk).delete()[0]:
+        return False
+    done = Step.objects.using(db).filter(run_id=waiter.run_id, step_id=waiter.step_id, status=StepStatus.WAITING).update(
+        status=StepStatus.COMPLETED, output=event.as_payload(), ended_at=clock.now()
+    )
+    if done:
+        wake_run(db, waiter.run_id)
+    return bool(done)
+
+
+def cancel_run(db: str, run_id: Any, *, reason: str) -> bool:
+    """Cancel a queued or running run: no later step starts. Returns False if it had ended."""
+    now = clock.now()
+    cancelled = Run.objects.using(db).filter(pk=run_id).exclude(status__in=FINISHED_STATUSES).update(
+        status=RunStatus.CANCELLED, ended_at=now, error={"name": "Cancelled", "message": reason, "stack": ""}
+    )
+    if not cancelled:
+        return False
+    # Deleting the items fences out a worker that is running the run right now.
+    QueueItem.objects.using(db).filter(run_id=run_id).delete()
+    Waiter.objects.using(db).filter(run_id=run_id).delete()
+    run = Run.objects.using(db).select_related("event").get(pk=run_id)
+    logger.info("run cancelled: %s %s (%s)", run.function_id, run.pk, reason)
+    emit(db, "workflows/function.cancelled", {**_run_summary(run), "reason": reason})
+    _resolve_parent(db, run, error={"name": "Cancelled", "message": f"invoked run {run.pk} was cancelled: {reason}", "stack": ""})
+    for child in Run.objects.using(db).filter(parent_run_id=run_id).exclude(status__in=FINISHED_STATUSES).values_list("pk", flat=True):
+        cancel_run(db, child, reason=f"its parent run {run_id} was cancelled")
+    return True
+
+
+def run_finished(db: str, run: Run, *, output: Any = None, error: dict | None = None) -> None:
+    """Side effects of a run that completed or failed: system events and a waiting parent."""
+    summary = _run_summary(run)
+    if error is None:
+        emit(db, "workflows/function.finished", {**summary, "result": output})
+        _resolve_parent(db, run, output=output)
+    else:
+        emit(db, "workflows/function.finished", {**summary, "error": error})
+        emit(db, "workflows/function.failed", {**summary, "error": error})
+        _resolve_parent(db, run, error=error)
+
+
+def _run_summary(run: Run) -> dict:
+    return {
+        "function_id": run.function_id,
+        "run_id": str(run.pk),
+        "event": run.event.as_payload() if run.event else None,
+    }
+
+
+def _resolve_parent(db: str, run: Run, *, output: Any = None, error: dict | None = None) -> None:
+    if not run.parent_run_id:
+        return
+    fields: dict[str, Any] = {"ended_at": clock.now()}
+    if error is None:
+        fields.update(status=StepStatus.COMPLETED, output=output)
+    else:
+        fields.update(status=StepStatus.FAILED, error=error)
+    done = Step.objects.using(db).filter(
+        run_id=run.parent_run_id, step_id=run.parent_step_id, status=StepStatus.WAITING
+    ).update(**fields)
+    if done:
+        wake_run(db, run.parent_run_id)
+
+
+def emit(db: str, name: str, data: dict) -> None:
+    """Store a system event, if any function listens to it (unheard ones are not kept)."""
+    if not registry.listened(name):
+        return
+    from ..events import Event as OutgoingEvent
+    from ..events import store_events
+
+    store_events([OutgoingEvent(name=name, data=data)], allow_system=True)
