@@ -40,6 +40,7 @@ def send_drip_email(email: str, template: str) -> str:
         "welcome": "Welcome aboard",
         "tips": "Three tips to get started",
         "upgrade": "Ready for more? Upgrade today",
+        "invoice": "Your invoice",
     }
     send_mail(subjects[template], f"[{template}] email for {email}", None, [email])
     return template
@@ -89,3 +90,24 @@ def send_import_report(to: str, imported: int, errors: list[dict]) -> None:
         lines.append(f"{len(errors)} rows were skipped:")
         lines.extend(f"  row {e['row']}: {e['reason']}" for e in errors)
     send_mail("Your contact import", "\n".join(lines), None, [to])
+
+
+def send_import_failed(to: str, reason: str) -> None:
+    send_mail("Your contact import failed", f"We could not import your file: {reason}", None, [to])
+
+
+def send_cart_reminder(email: str, cart_id: str) -> None:
+    send_mail("You left something in your cart", f"Cart {cart_id} is waiting for you.", None, [email])
+
+
+def lookup_source(source: str, count: int) -> dict:
+    """Stands in for a call to an enrichment API."""
+    return {"source": source, "looked_up": count}
+
+
+def allocate_invoice_number(order_id: str) -> str:
+    return f"INV-{order_id}"
+
+
+def count_contacts() -> int:
+    return Contact.objects.count()

@@ -32,6 +32,14 @@ def send_demo_event(request: HttpRequest, demo: str) -> HttpResponse:
         wf.send("invite.users", data={"from": (today - timedelta(days=7)).isoformat()})
     elif demo == "signup":
         wf.send("user.signup", data={"email": "new.user@example.com", "plan": "free"})
+    elif demo == "cart":
+        wf.send("cart.created", data={"cart_id": "cart-1", "email": "shopper@example.com"})
+    elif demo == "pay":
+        wf.send("cart.paid", data={"cart_id": "cart-1", "total": 99})
+    elif demo == "order":
+        wf.send("order.completed", data={"order_id": "1001", "total": 99, "email": "shopper@example.com"})
+    elif demo == "unsubscribe":
+        wf.send("user.deleted", data={"email": "new.user@example.com"})
     elif demo == "import":
         wf.send("contacts.csv.uploaded", data={"csv": SAMPLE_CSV, "uploaded_by": "owner@example.com"})
     else:
