@@ -104,24 +104,24 @@ def define_cron(expr="*/5 * * * *"):
 def test_cron_fires_once_per_tick_and_once_after_downtime():
     define_cron()
     cron.sync_schedules("default")
-    schedule = CronSchedule.objects.get()
+    schedule = CronSchedule.objects.get(function_id="cron-report")
     start = schedule.created_at
     first_tick = cron.next_tick(define_cron().cron_triggers[0], start)
     clock.advance_to(first_tick)
     drain()
-    assert Run.objects.count() == 1
-    run = Run.objects.get()
-    assert run.output["event"] == "workflows/scheduled.timer"
+    runs = Run.objects.filter(function_id="cron-report")
+    assert runs.count() == 1
+    assert runs.get().output["event"] == "workflows/scheduled.timer"
     # An hour of downtime (12 missed ticks) fires once, not 12 times.
     clock.advance_to(first_tick + timedelta(hours=1, seconds=30))
     drain()
-    assert Run.objects.count() == 2
+    assert runs.count() == 2
 
 
 def test_cron_tick_is_exactly_once_when_fired_repeatedly():
     define_cron()
     cron.sync_schedules("default")
-    schedule = CronSchedule.objects.get()
+    schedule = CronSchedule.objects.get(function_id="cron-report")
     tick = cron.next_tick(define_cron().cron_triggers[0], schedule.created_at)
     fired = [cron.fire_schedule("default", schedule.pk, tick + timedelta(seconds=s)) for s in range(5)]
     assert sum(r is not None for r in fired) == 1

@@ -15,9 +15,9 @@ pytestmark = pytest.mark.django_db
 
 
 def define_checkout_flow(**wait_kwargs):
-    @wf.function(id="checkout-reminder", trigger="cart.created")
+    @wf.function(id="checkout-reminder", trigger="basket.created")
     def checkout_reminder(ctx):
-        paid = ctx.step.wait_for_event("wait-for-payment", event="cart.paid", timeout="1d", **wait_kwargs)
+        paid = ctx.step.wait_for_event("wait-for-payment", event="basket.paid", timeout="1d", **wait_kwargs)
         if paid is None:
             ctx.step.run("send-reminder", lambda: "reminded")
             return {"paid": False}
@@ -28,17 +28,17 @@ def define_checkout_flow(**wait_kwargs):
 
 def test_wait_resumes_on_matching_event_and_frees_the_worker():
     define_checkout_flow(match="data.cart_id")
-    wf.send("cart.created", data={"cart_id": "c1"})
-    wf.send("cart.created", data={"cart_id": "c2"})
+    wf.send("basket.created", data={"cart_id": "c1"})
+    wf.send("basket.created", data={"cart_id": "c2"})
     drain()
     assert Run.objects.filter(status="running").count() == 2
     assert Waiter.objects.count() == 2
-    wf.send("cart.paid", data={"cart_id": "c1", "amount": 42})
+    wf.send("basket.paid", data={"cart_id": "c1", "amount": 42})
     drain()
     paid = Run.objects.get(event__data__cart_id="c1")
     waiting = Run.objects.get(event__data__cart_id="c2")
     assert paid.status == "completed"
-    assert paid.output == {"paid": True, "amount": 42, "event_name": "cart.paid"}
+    assert paid.output == {"paid": True, "amount": 42, "event_name": "basket.paid"}
     assert waiting.status == "running"
     step = paid.steps.get(step_id="wait-for-payment")
     assert step.kind == "wait_for_event" and step.status == "completed"
@@ -47,7 +47,7 @@ def test_wait_resumes_on_matching_event_and_frees_the_worker():
 
 def test_wait_times_out_with_none():
     define_checkout_flow(match="data.cart_id")
-    wf.send("cart.created", data={"cart_id": "c1"})
+    wf.send("basket.created", data={"cart_id": "c1"})
     drain(advance_time=True)
     run = Run.objects.get()
     assert run.status == "completed" and run.output == {"paid": False}
@@ -56,20 +56,20 @@ def test_wait_times_out_with_none():
 
 def test_only_events_received_after_the_wait_began_match():
     define_checkout_flow(match="data.cart_id")
-    wf.send("cart.paid", data={"cart_id": "c1", "amount": 1})  # before the run even exists
-    wf.send("cart.created", data={"cart_id": "c1"})
+    wf.send("basket.paid", data={"cart_id": "c1", "amount": 1})  # before the run even exists
+    wf.send("basket.created", data={"cart_id": "c1"})
     drain()
     assert Run.objects.get(function_id="checkout-reminder").status == "running"
 
 
 def test_if_exp_sees_event_and_async():
     define_checkout_flow(if_exp="async.data.cart_id == event.data.cart_id && async.data.amount > 10")
-    wf.send("cart.created", data={"cart_id": "c1"})
+    wf.send("basket.created", data={"cart_id": "c1"})
     drain()
-    wf.send("cart.paid", data={"cart_id": "c1", "amount": 5})
+    wf.send("basket.paid", data={"cart_id": "c1", "amount": 5})
     drain()
     assert Run.objects.get().status == "running"
-    wf.send("cart.paid", data={"cart_id": "c1", "amount": 50})
+    wf.send("basket.paid", data={"cart_id": "c1", "amount": 50})
     drain()
     assert Run.objects.get().output["amount"] == 50
 
@@ -77,9 +77,9 @@ def test_if_exp_sees_event_and_async():
 def test_one_event_resumes_every_run_waiting_for_it():
     define_checkout_flow(match="data.cart_id")
     for _ in range(3):
-        wf.send("cart.created", data={"cart_id": "shared"})
+        wf.send("basket.created", data={"cart_id": "shared"})
     drain()
-    wf.send("cart.paid", data={"cart_id": "shared", "amount": 7})
+    wf.send("basket.paid", data={"cart_id": "shared", "amount": 7})
     drain()
     assert list(Run.objects.values_list("status", flat=True)) == ["completed"] * 3
 
@@ -157,9 +157,9 @@ def test_invoke_failure_and_timeout_raise_step_error():
 def test_trigger_requires_stubs_for_waits_and_uses_them():
     checkout = define_checkout_flow(match="data.cart_id")
     with pytest.raises(wf.WorkflowDefinitionError, match="step_stubs"):
-        trigger(checkout, {"name": "cart.created", "data": {"cart_id": "c"}})
+        trigger(checkout, {"name": "basket.created", "data": {"cart_id": "c"}})
     stubbed = trigger(
-        checkout, {"name": "cart.created", "data": {"cart_id": "c"}},
+        checkout, {"name": "basket.created", "data": {"cart_id": "c"}},
         step_stubs={"wait-for-payment": None},
     )
     assert stubbed.output == {"paid": False}
@@ -168,9 +168,9 @@ def test_trigger_requires_stubs_for_waits_and_uses_them():
 def test_waiting_runs_are_found_by_index_not_scan(django_assert_max_num_queries):
     define_checkout_flow(match="data.cart_id")
     for n in range(30):
-        wf.send("cart.created", data={"cart_id": f"c{n}"})
+        wf.send("basket.created", data={"cart_id": f"c{n}"})
     drain()
-    wf.send("cart.paid", data={"cart_id": "c7", "amount": 1})
+    wf.send("basket.paid", data={"cart_id": "c7", "amount": 1})
     clock.advance_to(clock.now() + timedelta(seconds=1))
     with django_assert_max_num_queries(40):
         drain()
