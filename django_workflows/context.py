@@ -129,9 +129,9 @@ class Context:
         self.attempt = run_attempt
         self.target_step = target_step  # set when this execution runs one parallel branch
         self._checkpointer = checkpointer
-        self._unconsumed = sum(
-            1 for r in steps.values() if r.status in (StepStatus.COMPLETED, StepStatus.FAILED)
-        )
+        # Every recorded step (done, waiting or retrying) was reached by an earlier
+        # execution: code before the last of them is a replay.
+        self._unconsumed = len(steps)
         self.step = StepTools(self, steps)
         self.group = Group(self)
         self.logger = ReplayAwareLogger(logging.getLogger(f"django_workflows.functions.{function.id}"), self)
@@ -166,7 +166,7 @@ class StepTools:
                 f"step {sid!r} was recorded as a {record.kind!r} step but the handler now calls it "
                 f"as {kind!r}: code outside steps must be deterministic"
             )
-        if record is not None and record.status in (StepStatus.COMPLETED, StepStatus.FAILED):
+        if record is not None:
             self._ctx._unconsumed = max(self._ctx._unconsumed - 1, 0)
         return record
 

@@ -170,6 +170,11 @@ def _normalize_triggers(trigger: Trigger | Iterable[Trigger] | None, function_id
     if trigger is None:
         return ()
     single = isinstance(trigger, (str, TriggerEvent, TriggerCron))
+    if not single and not isinstance(trigger, (list, tuple)):
+        raise WorkflowDefinitionError(
+            f"function {function_id!r}: a trigger must be an event name, a wf.TriggerEvent, "
+            f"a wf.TriggerCron or a list of them, got {trigger!r}"
+        )
     items = [trigger] if single else list(trigger)  # type: ignore[arg-type]
     if len(items) > MAX_TRIGGERS:
         raise WorkflowDefinitionError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, transaction
 
 from ..functions import registry
 from ..models import Event, QueueItem, SeenEventId
@@ -26,13 +26,7 @@ def process_events(items: list[Claimed], *, db: str) -> int:
     events = Event.objects.using(db).in_bulk([i.event_id for i in items])
     pairs: list = []
     with transaction.atomic(using=db):
-        held = set(
-            QueueItem.objects.using(db)
-            .select_for_update()
-            .filter(id__in=[i.id for i in items])
-            .values_list("id", "lease_token")
-        )
-        mine = [i for i in items if (i.id, i.token) in held]
+        mine = _take(db, items)
         now = clock.now()
         delivered = [
             event for item in mine
@@ -45,18 +39,29 @@ def process_events(items: list[Claimed], *, db: str) -> int:
                     lifecycle.resolve_wait(db, waiter, event)
                 else:
                     lifecycle.cancel_run(db, waiter.run_id, reason=f"cancelled by event {event.name} {event.pk}")
-        paused = lifecycle.paused_functions(db) if delivered else set()
-        for event in delivered:
-            for function in _functions_for(event):
+        matched = [(event, _functions_for(event)) for event in delivered]
+        paused = lifecycle.paused_functions(db) if any(fns for _, fns in matched) else set()
+        for event, functions in matched:
+            for function in functions:
                 if function.id in paused:
                     logger.info("event %s starts no run of paused function %s", event.pk, function.id)
                     continue
                 pairs.append((lifecycle.new_run(function, event, now=now), max(event.ts, now)))
         lifecycle.insert_runs(db, pairs)
-        QueueItem.objects.using(db).filter(id__in=[i.id for i in mine]).delete()
     if pairs:
         wakeup.notify(db)  # other idle workers may take the new runs at once
     return len(pairs)
+
+
+def _take(db: str, items: list[Claimed]) -> list[Claimed]:
+    """Delete the items this worker still holds (the lease fence) and return them."""
+    table = connections[db].ops.quote_name(QueueItem._meta.db_table)
+    condition = " OR ".join(["(id = %s AND lease_token = %s)"] * len(items))
+    params = [value for item in items for value in (item.id, item.token)]
+    with connections[db].cursor() as cursor:
+        cursor.execute(f"DELETE FROM {table} WHERE {condition} RETURNING id", params)
+        held = {row[0] for row in cursor.fetchall()}
+    return [item for item in items if item.id in held]
 
 
 def _pk(value: str | None) -> object:

@@ -48,7 +48,7 @@ class Worker:
         self.wake = threading.Event()
         self._lock = threading.Lock()
         self._in_flight: dict[int, Claimed] = {}
-        self._tasks: stdlib_queue.SimpleQueue[Claimed | None] = stdlib_queue.SimpleQueue()
+        self._tasks: stdlib_queue.SimpleQueue[list[Claimed] | None] = stdlib_queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self.processed = 0
 
@@ -109,10 +109,15 @@ class Worker:
             self.wake.clear()
             free = self.concurrency - len(self._in_flight)
             items = self._claim(free) if free > 0 else []
+            with self._lock:
+                self._in_flight.update((item.id, item) for item in items)
+            # New events go to one thread as a batch (one intake transaction); runs one each.
+            events = [item for item in items if item.kind == QueueKind.EVENT]
+            if events:
+                self._tasks.put(events)
             for item in items:
-                with self._lock:
-                    self._in_flight[item.id] = item
-                self._tasks.put(item)
+                if item.kind != QueueKind.EVENT:
+                    self._tasks.put([item])
             if items:
                 idle = MIN_POLL
                 continue
@@ -144,22 +149,23 @@ class Worker:
 
     def _thread_loop(self) -> None:
         try:
-            while (item := self._tasks.get()) is not None:
-                self._process(item)
+            while (batch := self._tasks.get()) is not None:
+                self._process(batch)
         finally:
             connections.close_all()  # this thread's connections
 
-    def _process(self, item: Claimed) -> None:
+    def _process(self, batch: list[Claimed]) -> None:
         try:
-            process_items([item], db=self.db, stopping=self.stopping)
+            process_items(batch, db=self.db, stopping=self.stopping)
         except Exception:
-            logger.exception("worker %s: item %s (%s) failed unexpectedly; it is retried when its lease lapses",
-                             self.id, item.id, item.kind)
+            logger.exception("worker %s: items %s failed unexpectedly; they are retried when their lease lapses",
+                             self.id, [(item.id, item.kind) for item in batch])
             connections[self.db].close()
         finally:
             with self._lock:
-                self._in_flight.pop(item.id, None)
-                self.processed += 1
+                for item in batch:
+                    self._in_flight.pop(item.id, None)
+                self.processed += len(batch)
             self.wake.set()
 
     def _heartbeat_loop(self) -> None:
