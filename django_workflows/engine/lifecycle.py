@@ -126,34 +126,58 @@ def start_invoked_run(db: str, parent: Run, spec: Any, *, now: datetime) -> Run:
 
 
 def waiters_for(db: str, events: list[Event]) -> dict[Any, list[Waiter]]:
-    """The waiters each event matches, found through the match index, then if_exp."""
+    """The waiters each event matches: one indexed query for the whole batch, then if_exp."""
     names = {e.name for e in events}
     fields_by_name: dict[str, list[str]] = {}
     for name, field in WaitKey.objects.using(db).filter(event_name__in=names).values_list("event_name", "match_field"):
         fields_by_name.setdefault(name, []).append(field)
-    result: dict[Any, list[Waiter]] = {}
+    if not fields_by_name:
+        return {}
+    keys_by_event: dict[Any, set[tuple[str, str, str]]] = {}
     for event in events:
-        fields = fields_by_name.get(event.name)
-        if not fields:
-            continue
         payload = event.as_payload()
-        condition = Q()
-        for field in fields:
+        keys = set()
+        for field in fields_by_name.get(event.name, ()):
             if not field:
-                condition |= Q(match_field="")
+                keys.add((event.name, "", ""))
                 continue
             found, value = lookup(payload, field)
             if found:
-                condition |= Q(match_field=field, match_value=match_key(value))
-        if not condition:
-            continue
-        candidates = Waiter.objects.using(db).filter(
-            condition, event_name=event.name, created_at__lt=event.received_at
-        ).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=event.received_at))
-        matched = [w for w in candidates if not w.if_exp or compiled(w.if_exp).matches(event=w.trigger, **{"async": payload})]
+                keys.add((event.name, field, match_key(value)))
+        if keys:
+            keys_by_event[event.pk] = keys
+    all_keys = set().union(*keys_by_event.values()) if keys_by_event else set()
+    if not all_keys:
+        return {}
+    values_by_field: dict[tuple[str, str], list[str]] = {}
+    for name, field, value in all_keys:
+        values_by_field.setdefault((name, field), []).append(value)
+    condition = Q()
+    for (name, field), values in values_by_field.items():
+        condition |= Q(event_name=name, match_field=field, match_value__in=values)
+    by_key: dict[tuple[str, str, str], list[Waiter]] = {}
+    for waiter in Waiter.objects.using(db).filter(condition):
+        by_key.setdefault((waiter.event_name, waiter.match_field, waiter.match_value), []).append(waiter)
+    result: dict[Any, list[Waiter]] = {}
+    for event in events:
+        matched = [
+            waiter
+            for key in keys_by_event.get(event.pk, ())
+            for waiter in by_key.get(key, ())
+            if _waiter_matches(waiter, event)
+        ]
         if matched:
             result[event.pk] = matched
     return result
+
+
+def _waiter_matches(waiter: Waiter, event: Event) -> bool:
+    # Only events received after the wait began (or, for cancel rules, after the trigger).
+    if waiter.created_at >= event.received_at:
+        return False
+    if waiter.expires_at is not None and waiter.expires_at <= event.received_at:
+        return False
+    return not waiter.if_exp or compiled(waiter.if_exp).matches(event=waiter.trigger, **{"async": event.as_payload()})
 
 
 # -- waking, resolving, cancelling -------------------------------------------------------------
