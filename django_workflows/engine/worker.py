@@ -9,12 +9,13 @@ import threading
 import time
 import uuid
 import queue as stdlib_queue
+import random
 
 from django.db import connections
 
 from .. import conf
 from ..states import QueueKind
-from . import clock, cron, queue, wakeup
+from . import clock, cron, queue, retention, wakeup
 from .intake import process_events
 from .queue import Claimed
 from .store import process_run
@@ -22,6 +23,7 @@ from .store import process_run
 logger = logging.getLogger("django_workflows.worker")
 
 MIN_POLL = 0.05
+PRUNE_EVERY = 300.0  # seconds between retention passes of one worker
 
 
 def process_items(items: list[Claimed], *, db: str, stopping: threading.Event | None = None) -> None:
@@ -105,8 +107,12 @@ class Worker:
     def _claim_loop(self) -> None:
         poll_max = float(conf.get("POLL_INTERVAL"))
         idle = MIN_POLL
+        next_prune = time.monotonic() + random.uniform(5, PRUNE_EVERY)  # spread over workers
         while not self.stopping.is_set():
             self.wake.clear()
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + PRUNE_EVERY
+                self._prune()
             free = self.concurrency - len(self._in_flight)
             items = self._claim(free) if free > 0 else []
             with self._lock:
@@ -126,6 +132,13 @@ class Worker:
                 return
             self.wake.wait(self._idle_timeout(idle, free))
             idle = min(idle * 2, poll_max)
+
+    def _prune(self) -> None:
+        try:
+            retention.prune(self.db)
+        except Exception:
+            logger.warning("worker %s: pruning old runs failed", self.id, exc_info=True)
+            connections[self.db].close()
 
     def _claim(self, free: int) -> list[Claimed]:
         try:
