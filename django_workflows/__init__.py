@@ -8,7 +8,7 @@
 """
 
 from .context import Context, EventInfo
-from .control import cancel, cancel_runs, pause, replay, resume
+from .control import cancel, cancel_runs, pause, replay, replay_events, resume
 from .durations import parse_duration
 from .errors import (
     EventValidationError,
@@ -29,6 +29,7 @@ __all__ = [
     "cancel_runs",
     "pause",
     "replay",
+    "replay_events",
     "resume",
     "Context",
     "Event",

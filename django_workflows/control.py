@@ -61,6 +61,41 @@ def replay(run_id: Any, from_step: str | None = None) -> Run:
     return run
 
 
+def replay_events(
+    function_id: str, received_after: datetime | None = None, received_before: datetime | None = None
+) -> int:
+    """Start runs for stored events in the window that the function matches but never ran for.
+
+    For events that arrived while the function was paused (or before it existed). Returns
+    how many runs were started.
+    """
+    from django.db.models import Exists, OuterRef
+
+    from .engine import lifecycle
+    from .models import Event, Run
+
+    db = conf.database()
+    function = registry.get(function_id)
+    names = [trigger.event for trigger in function.event_triggers]
+    events = Event.objects.using(db).filter(name__in=names).exclude(
+        Exists(Run.objects.using(db).filter(event=OuterRef("pk"), function_id=function_id))
+    )
+    if received_after is not None:
+        events = events.filter(received_at__gt=received_after)
+    if received_before is not None:
+        events = events.filter(received_at__lt=received_before)
+    now = clock.now()
+    pairs = [
+        (lifecycle.new_run(function, event, now=now), now)
+        for event in events.order_by("received_at").iterator()
+        if any(trigger.event == event.name and trigger.matches(event.as_payload()) for trigger in function.event_triggers)
+    ]
+    with transaction.atomic(using=db):
+        lifecycle.insert_runs(db, pairs)
+        wakeup.notify_on_commit(db)
+    return len(pairs)
+
+
 def cancel(run_id: Any) -> bool:
     """Cancel a run: a step that is running finishes, no later step starts.
 
@@ -127,4 +162,4 @@ def is_paused(function_id: str) -> bool:
     return function_id in lifecycle.paused_functions(conf.database())
 
 
-__all__ = ["replay", "cancel", "cancel_runs", "pause", "resume", "is_paused", "RunStatus"]
+__all__ = ["replay", "replay_events", "cancel", "cancel_runs", "pause", "resume", "is_paused", "RunStatus"]

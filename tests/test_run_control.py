@@ -321,3 +321,20 @@ def test_pause_starts_no_runs_until_resumed():
     assert Run.objects.get().output == "ran"
     with pytest.raises(wf.UnknownFunctionError):
         wf.pause("no-such-function")
+
+
+def test_events_received_while_paused_can_be_replayed_later():
+    @wf.function(id="paused-import", trigger=wf.TriggerEvent("file.uploaded", expression="event.data.size > 0"))
+    def paused_import(ctx):
+        return ctx.event.data["size"]
+
+    wf.pause("paused-import")
+    for size in (3, 0, 5):
+        wf.send("file.uploaded", data={"size": size})
+    drain()
+    assert not Run.objects.exists()
+    wf.resume("paused-import")
+    assert wf.replay_events("paused-import") == 2  # the size-0 event does not match the trigger
+    assert wf.replay_events("paused-import") == 0  # each event is replayed once
+    drain()
+    assert sorted(Run.objects.values_list("output", flat=True)) == [3, 5]

@@ -53,6 +53,8 @@ class Worker:
         self._tasks: stdlib_queue.SimpleQueue[list[Claimed] | None] = stdlib_queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self.processed = 0
+        self._stopped = threading.Event()  # set once shutdown is over: helper threads exit
+        self._helpers: list[threading.Thread] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -74,16 +76,20 @@ class Worker:
         ]
         for thread in self._threads:
             thread.start()
-        threading.Thread(target=self._heartbeat_loop, name="wf-heartbeat", daemon=True).start()
+        self._helpers = [threading.Thread(target=self._heartbeat_loop, name="wf-heartbeat", daemon=True)]
+        if vendor == "postgresql" and conf.get("NOTIFY"):
+            self._helpers.append(wakeup.Listener(self.db, self.wake, self._stopped))
+        for helper in self._helpers:
+            helper.start()
         schedules = cron.sync_schedules(self.db)
         if schedules:
             logger.info("worker %s: %d cron schedules", self.id, schedules)
-        if vendor == "postgresql" and conf.get("NOTIFY"):
-            wakeup.Listener(self.db, self.wake, self.stopping).start()
         try:
             self._claim_loop()
         finally:
             self.shutdown()
+            if threading.current_thread() is not threading.main_thread():
+                connections.close_all()  # a worker run in a thread of its own (tests, embedding)
 
     def shutdown(self) -> None:
         grace = float(conf.get("SHUTDOWN_GRACE_SECONDS"))
@@ -100,6 +106,9 @@ class Worker:
         if not left:
             for thread in self._threads:
                 thread.join(timeout=5)
+        self._stopped.set()
+        for helper in self._helpers:
+            helper.join(timeout=5)
         logger.info("worker %s stopped after %d items", self.id, self.processed)
 
     # -- loops -------------------------------------------------------------------------------
@@ -185,13 +194,10 @@ class Worker:
         # One batched UPDATE per interval extends every lease this worker holds.
         interval = max(float(conf.get("LEASE_SECONDS")) / 3, 0.1)
         try:
-            while True:
-                time.sleep(interval)
+            while not self._stopped.wait(interval):
                 with self._lock:
                     ids = list(self._in_flight)
                 if not ids:
-                    if self.stopping.is_set():
-                        return
                     continue
                 try:
                     queue.heartbeat(self.id, ids, db=self.db)
