@@ -149,22 +149,30 @@ class StepTools:
         self._ctx = ctx
         self._records = records
         self._seen: dict[str, int] = {}
+        self._emitted: set[str] = set()
 
     # -- helpers -------------------------------------------------------------------------
 
     def _unique_id(self, step_id: str) -> str:
         if not isinstance(step_id, str) or not step_id or len(step_id) > 200:
             raise WorkflowDefinitionError(f"step id must be a non-empty string of at most 200 characters, got {step_id!r}")
+        # Repeats become id:1, id:2 ...; never one that an explicit id already took (and the
+        # other way round), so the mapping stays deterministic across replays.
         count = self._seen.get(step_id, 0)
+        candidate = step_id if count == 0 else f"{step_id}:{count}"
+        while candidate in self._emitted:
+            count += 1
+            candidate = f"{step_id}:{count}"
         self._seen[step_id] = count + 1
-        return step_id if count == 0 else f"{step_id}:{count}"
+        self._emitted.add(candidate)
+        return candidate
 
     def _memoized(self, sid: str, kind: str) -> StepRecord | None:
         record = self._records.get(sid)
         if record is not None and record.kind != kind:
             raise NonRetriableError(
-                f"step {sid!r} was recorded as a {record.kind!r} step but the handler now calls it "
-                f"as {kind!r}: code outside steps must be deterministic"
+                f"step {sid!r} was recorded as a {str(record.kind)!r} step but the handler now calls it "
+                f"as {str(kind)!r}: code outside steps must be deterministic"
             )
         if record is not None:
             self._ctx._unconsumed = max(self._ctx._unconsumed - 1, 0)

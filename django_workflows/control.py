@@ -72,14 +72,16 @@ def replay_events(
     from django.db.models import Exists, OuterRef
 
     from .engine import lifecycle
-    from .models import Event, Run
+    from .models import Event, Run, SeenEventId
 
     db = conf.database()
     function = registry.get(function_id)
+    # A duplicate (same sender id within 24 h) never triggered anything: it is not replayed.
+    duplicates = Exists(SeenEventId.objects.using(db).filter(key=OuterRef("dedup_id")).exclude(event=OuterRef("pk")))
     names = [trigger.event for trigger in function.event_triggers]
     events = Event.objects.using(db).filter(name__in=names).exclude(
         Exists(Run.objects.using(db).filter(event=OuterRef("pk"), function_id=function_id))
-    )
+    ).exclude(duplicates)
     if received_after is not None:
         events = events.filter(received_at__gt=received_after)
     if received_before is not None:

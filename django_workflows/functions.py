@@ -23,6 +23,10 @@ MAX_TRIGGERS = 10
 MAX_RETRIES = 20
 DEFAULT_RETRIES = 4
 RESERVED_PREFIX = "workflows/"
+# System events a function may trigger on (the others are emitted for one run only).
+TRIGGERABLE_SYSTEM_EVENTS = frozenset(
+    {"workflows/function.finished", "workflows/function.failed", "workflows/function.cancelled"}
+)
 SYSTEM_EVENTS = frozenset(
     {
         "workflows/function.finished",
@@ -64,6 +68,13 @@ class TriggerEvent:
 
     def __post_init__(self) -> None:
         validate_event_name(self.event, what="TriggerEvent event", allow_system=True)
+        if self.event in SYSTEM_EVENTS and self.event not in TRIGGERABLE_SYSTEM_EVENTS:
+            raise WorkflowDefinitionError(
+                f"TriggerEvent {self.event!r}: this system event goes to one run only "
+                "(cron runs get workflows/scheduled.timer, invoked runs workflows/function.invoked); "
+                "use wf.TriggerCron or ctx.step.invoke, or trigger on "
+                + ", ".join(sorted(TRIGGERABLE_SYSTEM_EVENTS))
+            )
         if self.expression is not None:
             compiled = Expression(self.expression, what=f"TriggerEvent({self.event!r}) expression")
             object.__setattr__(self, "compiled", compiled)

@@ -40,7 +40,7 @@ class Event(models.Model):
     def as_payload(self) -> dict:
         """The event as handlers and expressions see it."""
         return {
-            "id": str(self.id),
+            "id": self.dedup_id or str(self.id),  # the sender's id when given, as ctx.event.id
             "name": self.name,
             "data": self.data,
             "ts": int(self.ts.timestamp() * 1000),

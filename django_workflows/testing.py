@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from . import conf
-from .context import EventInfo
+from .context import EventInfo, event_from_payload
 from .engine import clock
 from .engine.executor import Outcome, execute
 from .engine.records import StepRecord
@@ -20,7 +20,7 @@ from .errors import WorkflowDefinitionError
 from .events import Event
 from .functions import Function, resolve
 
-__all__ = ["drain", "trigger", "TriggerResult", "reset_clock"]
+__all__ = ["drain", "trigger", "TriggerResult", "reset_clock", "now", "start_cron_schedules"]
 
 DRAIN_WORKER_ID = "drain"
 
@@ -55,6 +55,20 @@ def drain(advance_time: bool = False, max_jobs: int = 10_000) -> int:
 def reset_clock() -> None:
     """Undo ``drain(advance_time=True)``'s clock moves."""
     clock.reset()
+
+
+def now() -> datetime:
+    """The engine's clock (ahead of ``timezone.now()`` after ``drain(advance_time=True)``)."""
+    return clock.now()
+
+
+def start_cron_schedules() -> int:
+    """Set up the cron schedules of the registered functions, as ``runworkers`` does when it
+    starts; ``drain`` then fires each schedule's latest tick once the clock has passed it.
+    Returns how many schedules exist."""
+    from .engine import cron
+
+    return cron.sync_schedules(conf.database())
 
 
 @dataclass
@@ -196,6 +210,14 @@ class _StubbedFunction:
         return self._function.handler(ctx)
 
 
+def _jsonable(stub: Any) -> Any:
+    """A wf.Event stub (for wait_for_event) becomes the payload the engine would record."""
+    if isinstance(stub, Event):
+        ts = stub.ts or clock.now()
+        return {"id": stub.id or "stub", "name": stub.name, "data": stub.data, "ts": int(ts.timestamp() * 1000)}
+    return stub
+
+
 _STEP_METHODS = frozenset({"run", "sleep", "sleep_until", "wait_for_event", "invoke", "send_event"})
 
 
@@ -215,6 +237,9 @@ class _StubbingSteps:
             stub = self._stubs[step_id]
             # A callable stub of a ``run`` step gets the step's own arguments.
             step_args = args[1:] if name == "run" else ()
-            return self._steps.run(step_id, stub if callable(stub) else (lambda *_: stub), *step_args)
+            value = self._steps.run(step_id, stub if callable(stub) else (lambda *_: _jsonable(stub)), *step_args)
+            if name == "wait_for_event" and isinstance(value, dict):
+                return event_from_payload({"id": "stub", "name": kwargs.get("event", ""), "data": {}, **value})
+            return value
 
         return call

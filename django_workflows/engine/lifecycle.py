@@ -112,9 +112,14 @@ def _run_trigger(run: Run) -> dict:
     return run.event.as_payload() if run.event else {}
 
 
-def start_invoked_run(db: str, parent: Run, spec: Any, *, now: datetime) -> Run:
-    """step.invoke: a new run of the target, fed a workflows/function.invoked event."""
+def start_invoked_run(db: str, parent: Run, spec: Any, *, now: datetime) -> Run | None:
+    """step.invoke: a new run of the target, fed a workflows/function.invoked event.
+
+    Returns None (and starts nothing) when the target is paused.
+    """
     function = registry.get(spec.function_id)
+    if function.id in paused_functions(db):
+        return None
     event = Event(name="workflows/function.invoked", data=spec.data, ts=now, received_at=now)
     event.save(using=db)
     child = new_run(function, event, now=now, parent_run_id=parent.pk, parent_step_id=spec.step_id)

@@ -101,6 +101,11 @@ class DatabaseCheckpointer:
         return transaction.atomic(using=self.db)
 
     def before_new_step(self) -> None:
+        if self.deadline is not None and clock.now() >= self.deadline:
+            # Timeouts(finish=...): the run ran too long; no later step starts.
+            with transaction.atomic(using=self.db):
+                lifecycle.cancel_run(self.db, self.run_id, reason=f"did not finish by {self.deadline.isoformat()} (Timeouts.finish)")
+            raise LeaseLost()
         if self.stopping is not None and self.stopping.is_set():
             raise Suspend(clock.now())  # worker is stopping: hand the run to another worker
 
@@ -151,7 +156,7 @@ class DatabaseCheckpointer:
         now = clock.now()
         with self._fenced():
             if signal is not None:
-                self._start_effects(signal, now)
+                until = self._start_effects(signal, now) or until
             if run_attempts is not None:
                 Run.objects.using(self.db).filter(pk=self.run_id).update(attempts=run_attempts)
             # Woken while we held it (an event, an invoked run or the last branch arrived):
@@ -161,7 +166,19 @@ class DatabaseCheckpointer:
                 due_at=Case(When(wake=True, then=Value(now)), default=Value(until)),
             )
 
-    def _start_effects(self, signal: Suspend, now: datetime) -> None:
+    def _start_effects(self, signal: Suspend, now: datetime) -> datetime | None:
+        """Write what a suspending step starts; returns an earlier wake-up time if it needs one."""
+        if signal.invoke is not None and signal.pending is not None:
+            if lifecycle.start_invoked_run(self.db, self.run, signal.invoke, now=now) is None:
+                pending = signal.pending
+                pending.status, pending.ended_at = StepStatus.FAILED, now
+                pending.error = {
+                    "name": "FunctionPaused",
+                    "message": f"cannot invoke {signal.invoke.function_id!r}: the function is paused",
+                    "stack": "",
+                }
+                self._write_step(pending)
+                return now  # resume at once: the invoke raises StepError
         if signal.pending is not None:
             self._write_step(signal.pending)
         if signal.wait is not None:
@@ -171,8 +188,6 @@ class DatabaseCheckpointer:
                 WaiterKind.WAIT, self.run_id, wait.step_id, wait.event, wait.match, wait.if_exp, trigger,
                 created_at=now, expires_at=wait.expires_at,
             )])
-        if signal.invoke is not None:
-            lifecycle.start_invoked_run(self.db, self.run, signal.invoke, now=now)
         if signal.branches:
             existing = set(
                 QueueItem.objects.using(self.db)
@@ -183,6 +198,7 @@ class DatabaseCheckpointer:
                 QueueItem(kind=QueueKind.BRANCH, run_id=self.run_id, step_id=sid, due_at=now)
                 for sid in signal.branches if sid not in existing
             ])
+        return None
 
     def _finish(self, *, output: Any = None, error: dict | None = None) -> None:
         status = RunStatus.COMPLETED if error is None else RunStatus.FAILED
@@ -333,7 +349,9 @@ def _timed_out(db: str, function: Any, run: Run, now: datetime) -> bool:
     if timeouts is None:
         return False
     reason = None
-    if timeouts.start_delta is not None and run.status == RunStatus.QUEUED and now > run.queued_at + timeouts.start_delta:
+    # A delayed event's run is due at the event's ts: the start timeout counts from then.
+    due = max(run.queued_at, run.event.ts) if run.event else run.queued_at
+    if timeouts.start_delta is not None and run.status == RunStatus.QUEUED and now > due + timeouts.start_delta:
         reason = f"did not start within {timeouts.start} (Timeouts.start)"
     elif timeouts.finish_delta is not None and run.started_at and now >= run.started_at + timeouts.finish_delta:
         reason = f"did not finish within {timeouts.finish} (Timeouts.finish)"

@@ -60,7 +60,9 @@ class Command(BaseCommand):
         return super().execute(*args, **options)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        concurrency = options["concurrency"] or int(conf.get("CONCURRENCY"))
+        concurrency = options["concurrency"]
+        if concurrency is None:
+            concurrency = int(conf.get("CONCURRENCY"))
         processes = options["processes"]
         if concurrency < 1 or processes < 1:
             raise CommandError("--concurrency and --processes must be at least 1")
