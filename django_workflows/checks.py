@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from django.conf import settings
@@ -39,9 +40,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
         return problems
     for key in ("LEASE_SECONDS", "POLL_INTERVAL", "SHUTDOWN_GRACE_SECONDS", "CONCURRENCY"):
         value = conf.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             problems.append(
-                Error(f"DJANGO_WORKFLOWS[{key!r}] must be a positive number, got {value!r}.", id="django_workflows.E004")
+                Error(f"DJANGO_WORKFLOWS[{key!r}] must be a finite positive number, got {value!r}.", id="django_workflows.E004")
             )
     database = settings.DATABASES[alias]
     if database.get("ENGINE", "").endswith("sqlite3"):

@@ -35,4 +35,7 @@ def parse_duration(value: object, *, what: str = "duration") -> timedelta:
             f"{what}: cannot read {value!r}; use a number with a unit (ms, s, m, h, d, w), "
             f'for example "30s", "2d" or "1h30m"'
         )
-    return timedelta(seconds=sum(float(n) * _UNITS[u] for n, u in parts))
+    try:
+        return timedelta(seconds=sum(float(n) * _UNITS[u] for n, u in parts))
+    except OverflowError:
+        raise WorkflowDefinitionError(f"{what}: {value!r} is too long a duration") from None

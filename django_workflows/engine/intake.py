@@ -18,13 +18,17 @@ logger = logging.getLogger("django_workflows.worker")
 DEDUP_WINDOW = timedelta(hours=24)
 
 
-def process_events(items: list[Claimed], *, db: str) -> int:
+def process_events(
+    items: list[Claimed], *, db: str, keep_for: str | None = None, keep_max: int = 0
+) -> list[Claimed]:
     """Resume waits, apply cancellations and start the runs that ``items``' events trigger.
 
-    Returns how many runs were started.
+    With ``keep_for``, up to ``keep_max`` of the new runs are leased to that worker and
+    returned, for it to run at once; the others are left for any worker.
     """
     events = Event.objects.using(db).in_bulk([i.event_id for i in items])
     pairs: list = []
+    kept: list[Claimed] = []
     with transaction.atomic(using=db):
         mine = _take(db, items)
         now = clock.now()
@@ -32,25 +36,24 @@ def process_events(items: list[Claimed], *, db: str) -> int:
             event for item in mine
             if (event := events.get(_pk(item.event_id))) is not None and _first_delivery(db, event)
         ]
-        for event_pk, waiters in lifecycle.waiters_for(db, delivered).items():
+        fields_by_name, paused = lifecycle.intake_lookups(db, {e.name for e in delivered})
+        for event_pk, waiters in lifecycle.waiters_for(db, delivered, fields_by_name).items():
             event = events[event_pk]
             for waiter in waiters:
                 if waiter.kind == WaiterKind.WAIT:
                     lifecycle.resolve_wait(db, waiter, event)
                 else:
                     lifecycle.cancel_run(db, waiter.run_id, reason=f"cancelled by event {event.name} {event.pk}")
-        matched = [(event, _functions_for(event)) for event in delivered]
-        paused = lifecycle.paused_functions(db) if any(fns for _, fns in matched) else set()
-        for event, functions in matched:
-            for function in functions:
+        for event in delivered:
+            for function in _functions_for(event):
                 if function.id in paused:
                     logger.info("event %s starts no run of paused function %s", event.pk, function.id)
                     continue
                 pairs.append((lifecycle.new_run(function, event, now=now), max(event.ts, now)))
-        lifecycle.insert_runs(db, pairs)
-    if pairs:
-        wakeup.notify(db)  # other idle workers may take the new runs at once
-    return len(pairs)
+        kept = lifecycle.insert_runs(db, pairs, keep_for=keep_for, keep_max=keep_max)
+    if len(pairs) > len(kept):
+        wakeup.notify(db)  # other idle workers may take the runs this one did not keep
+    return kept
 
 
 def _take(db: str, items: list[Claimed]) -> list[Claimed]:

@@ -11,6 +11,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+from django.db import connections
 from django.db.models import Case, F, Q, Value, When
 
 from ..expressions import Expression
@@ -18,6 +19,7 @@ from ..functions import Function, registry
 from ..models import Event, FunctionState, QueueItem, Run, Step, Waiter, WaitKey
 from ..states import FINISHED_STATUSES, QueueKind, RunStatus, StepStatus, WaiterKind
 from . import clock
+from .queue import Claimed, lease_duration
 
 logger = logging.getLogger("django_workflows.worker")
 
@@ -45,6 +47,29 @@ def paused_functions(db: str) -> set[str]:
     return set(FunctionState.objects.using(db).filter(paused=True).values_list("function_id", flat=True))
 
 
+def intake_lookups(db: str, names: set[str]) -> tuple[dict[str, list[str]], set[str]]:
+    """The match fields waited on for these event names, and the paused functions: one query."""
+    if not names:
+        return {}, set()
+    quote = connections[db].ops.quote_name
+    placeholders = ", ".join(["%s"] * len(names))
+    sql = (
+        f"SELECT 'k', event_name, match_field FROM {quote(WaitKey._meta.db_table)} "
+        f"WHERE event_name IN ({placeholders}) "
+        f"UNION ALL SELECT 'p', function_id, '' FROM {quote(FunctionState._meta.db_table)} WHERE paused"
+    )
+    fields_by_name: dict[str, list[str]] = {}
+    paused: set[str] = set()
+    with connections[db].cursor() as cursor:
+        cursor.execute(sql, list(names))
+        for kind, name, field in cursor.fetchall():
+            if kind == "k":
+                fields_by_name.setdefault(name, []).append(field)
+            else:
+                paused.add(name)
+    return fields_by_name, paused
+
+
 # -- creating runs ---------------------------------------------------------------------------
 
 
@@ -52,17 +77,36 @@ def new_run(function: Function, event: Event | None, *, now: datetime, **fields:
     return Run(function_id=function.id, event=event, status=RunStatus.QUEUED, queued_at=now, **fields)
 
 
-def insert_runs(db: str, pairs: list[tuple[Run, datetime]]) -> None:
-    """Insert runs, their queue items (due at the paired time) and their cancel rules."""
+def insert_runs(
+    db: str, pairs: list[tuple[Run, datetime]], *, keep_for: str | None = None, keep_max: int = 0
+) -> list[Claimed]:
+    """Insert runs, their queue items (due at the paired time) and their cancel rules.
+
+    With ``keep_for``, up to ``keep_max`` runs that are due now are inserted already
+    leased to that worker (which runs them next: no claim, no wake-up of others);
+    they are returned as claims.
+    """
     if not pairs:
-        return
+        return []
     Run.objects.using(db).bulk_create([run for run, _ in pairs])
-    QueueItem.objects.using(db).bulk_create(
-        [QueueItem(kind=QueueKind.RUN, run=run, due_at=due) for run, due in pairs]
-    )
+    now = clock.now()
+    lease_end = now + lease_duration()
+    items, kept = [], []
+    for run, due in pairs:
+        if keep_for and len(kept) < keep_max and due <= now:
+            item = QueueItem(kind=QueueKind.RUN, run=run, due_at=lease_end, worker_id=keep_for, lease_token=1, claims=1)
+            kept.append(item)
+        else:
+            item = QueueItem(kind=QueueKind.RUN, run=run, due_at=due)
+        items.append(item)
+    QueueItem.objects.using(db).bulk_create(items)
     waiters = [w for run, _ in pairs for w in _cancel_waiters(run)]
     if waiters:
         add_waiters(db, waiters)
+    return [
+        Claimed(id=item.pk, kind=QueueKind.RUN, run_id=str(item.run_id), event_id=None, step_id="", token=1, claims=1)
+        for item in kept
+    ]
 
 
 def _cancel_waiters(run: Run) -> list[Waiter]:
@@ -130,12 +174,12 @@ def start_invoked_run(db: str, parent: Run, spec: Any, *, now: datetime) -> Run 
 # -- matching incoming events ------------------------------------------------------------------
 
 
-def waiters_for(db: str, events: list[Event]) -> dict[Any, list[Waiter]]:
+def waiters_for(
+    db: str, events: list[Event], fields_by_name: dict[str, list[str]] | None = None
+) -> dict[Any, list[Waiter]]:
     """The waiters each event matches: one indexed query for the whole batch, then if_exp."""
-    names = {e.name for e in events}
-    fields_by_name: dict[str, list[str]] = {}
-    for name, field in WaitKey.objects.using(db).filter(event_name__in=names).values_list("event_name", "match_field"):
-        fields_by_name.setdefault(name, []).append(field)
+    if fields_by_name is None:
+        fields_by_name, _ = intake_lookups(db, {e.name for e in events})
     if not fields_by_name:
         return {}
     keys_by_event: dict[Any, set[tuple[str, str, str]]] = {}

@@ -53,6 +53,8 @@ class Worker:
         self._tasks: stdlib_queue.SimpleQueue[list[Claimed] | None] = stdlib_queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self.processed = 0
+        self._running = 0  # threads busy with a batch
+        self._next_due = None  # earliest due_at seen by the last idle query
         self._stopped = threading.Event()  # set once shutdown is over: helper threads exit
         self._helpers: list[threading.Thread] = []
 
@@ -117,12 +119,16 @@ class Worker:
         poll_max = float(conf.get("POLL_INTERVAL"))
         idle = MIN_POLL
         next_prune = time.monotonic() + random.uniform(5, PRUNE_EVERY)  # spread over workers
+        woken = False
         while not self.stopping.is_set():
             self.wake.clear()
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_EVERY
                 self._prune()
             free = self.concurrency - len(self._in_flight)
+            # --burst exits on an empty claim only if nothing was in flight before it: an item
+            # that finishes after the claim may have made more work due.
+            was_idle = not self._in_flight
             items = self._claim(free) if free > 0 else []
             with self._lock:
                 self._in_flight.update((item.id, item) for item in items)
@@ -136,11 +142,15 @@ class Worker:
             if items:
                 idle = MIN_POLL
                 continue
-            if free > 0 and self.burst and not self._in_flight:
+            if free > 0 and self.burst and was_idle:
                 logger.info("worker %s: nothing due, exiting (--burst)", self.id)
                 return
-            self.wake.wait(self._idle_timeout(idle, free))
-            idle = min(idle * 2, poll_max)
+            # After a wake-up (NOTIFY, a finished item) the claim above already looked;
+            # ask for the next due time only when the wait ran out.
+            timeout = self._idle_timeout(idle, free, query=not woken)
+            woken = self.wake.wait(timeout)
+            if not woken:
+                idle = min(idle * 2, poll_max)
 
     def _prune(self) -> None:
         try:
@@ -158,16 +168,18 @@ class Worker:
             time.sleep(1)
             return []
 
-    def _idle_timeout(self, idle: float, free: int) -> float:
+    def _idle_timeout(self, idle: float, free: int, *, query: bool) -> float:
+        """Sleep until the earliest future item, at most ``idle`` (the poll interval so far)."""
         if free <= 0:
             return 1.0  # all threads busy: a finishing thread sets wake
-        try:
-            next_due = queue.next_due_at(db=self.db)
-        except Exception:
+        if query:
+            try:
+                self._next_due = queue.next_due_at(db=self.db)
+            except Exception:
+                self._next_due = None
+        if self._next_due is None:
             return idle
-        if next_due is None:
-            return idle
-        return max(0.0, min(idle, (next_due - clock.now()).total_seconds()))
+        return max(0.0, min(idle, (self._next_due - clock.now()).total_seconds()))
 
     def _thread_loop(self) -> None:
         try:
@@ -177,8 +189,13 @@ class Worker:
             connections.close_all()  # this thread's connections
 
     def _process(self, batch: list[Claimed]) -> None:
+        with self._lock:
+            self._running += 1
         try:
-            process_items(batch, db=self.db, stopping=self.stopping)
+            if batch[0].kind == QueueKind.EVENT and not self.stopping.is_set():
+                self._intake(batch)
+            else:
+                process_items(batch, db=self.db, stopping=self.stopping)
         except Exception:
             logger.exception("worker %s: items %s failed unexpectedly; they are retried when their lease lapses",
                              self.id, [(item.id, item.kind) for item in batch])
@@ -188,7 +205,18 @@ class Worker:
                 for item in batch:
                     self._in_flight.pop(item.id, None)
                 self.processed += len(batch)
+                self._running -= 1
             self.wake.set()
+
+    def _intake(self, batch: list[Claimed]) -> None:
+        """Take in events and keep as many of the new runs as there are idle threads."""
+        with self._lock:
+            idle = self.concurrency - self._running + 1  # this thread is free after intake
+        kept = process_events(batch, db=self.db, keep_for=self.id, keep_max=max(idle, 0))
+        with self._lock:
+            self._in_flight.update((item.id, item) for item in kept)
+        for item in kept:
+            self._tasks.put([item])
 
     def _heartbeat_loop(self) -> None:
         # One batched UPDATE per interval extends every lease this worker holds.
