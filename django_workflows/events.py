@@ -11,6 +11,7 @@ from typing import Any
 from django.db import transaction
 
 from . import conf
+from .engine.records import StepOutputError, check_storable
 from .errors import EventValidationError, WorkflowDefinitionError
 from .functions import validate_event_name
 
@@ -34,9 +35,15 @@ def _validate(event: Event, index: int, allow_system: bool) -> None:
     if not isinstance(event.data, dict):
         raise EventValidationError(f"{where} {event.name!r}: data must be a dict, got {type(event.data).__name__}")
     try:
-        json.dumps(event.data, allow_nan=False)
+        text = json.dumps(event.data, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise EventValidationError(f"{where} {event.name!r}: data is not JSON ({exc})") from None
+    try:
+        check_storable(text, what="")
+    except StepOutputError:
+        raise EventValidationError(
+            f"{where} {event.name!r}: data contains a NUL character (\\u0000), which the database cannot store"
+        )
     if event.id is not None and (not isinstance(event.id, str) or not event.id or len(event.id) > 255):
         raise EventValidationError(f"{where} {event.name!r}: id must be a non-empty string of at most 255 characters")
     if event.ts is not None and (not isinstance(event.ts, datetime) or event.ts.tzinfo is None):

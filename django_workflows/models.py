@@ -6,6 +6,7 @@ from django.db import models
 from django.utils.translation import gettext_lazy as _
 
 from .ids import new_id
+from .jsonenc import ExactJSONEncoder
 from .states import FINISHED_STATUSES, QueueKind, RunStatus, StepKind, StepStatus, WaiterKind
 
 __all__ = [
@@ -20,7 +21,7 @@ class Event(models.Model):
 
     id = models.UUIDField(primary_key=True, default=new_id, editable=False)
     name = models.CharField(max_length=255, db_index=True)
-    data = models.JSONField(default=dict, blank=True)
+    data = models.JSONField(default=dict, blank=True, encoder=ExactJSONEncoder)
     ts = models.DateTimeField(help_text=_("When the event happened; a future ts delays its runs."))
     received_at = models.DateTimeField(db_index=True)
     dedup_id = models.CharField(
@@ -53,8 +54,8 @@ class Run(models.Model):
     id = models.UUIDField(primary_key=True, default=new_id, editable=False)
     function_id = models.CharField(max_length=255)
     status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
-    output = models.JSONField(null=True, blank=True)
-    error = models.JSONField(null=True, blank=True)
+    output = models.JSONField(null=True, blank=True, encoder=ExactJSONEncoder)
+    error = models.JSONField(null=True, blank=True, encoder=ExactJSONEncoder)
     event = models.ForeignKey(
         Event, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs"
     )
@@ -97,8 +98,8 @@ class Step(models.Model):
     step_id = models.CharField(max_length=255)
     kind = models.CharField(max_length=16, choices=StepKind.choices, default=StepKind.RUN)
     status = models.CharField(max_length=16, choices=StepStatus.choices)
-    output = models.JSONField(null=True, blank=True)
-    error = models.JSONField(null=True, blank=True)
+    output = models.JSONField(null=True, blank=True, encoder=ExactJSONEncoder)
+    error = models.JSONField(null=True, blank=True, encoder=ExactJSONEncoder)
     attempts = models.PositiveIntegerField(default=0, help_text=_("How many times its code ran."))
     started_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)

@@ -14,7 +14,7 @@ from typing import Any
 from django.db import DatabaseError, connections, transaction
 from django.db.models import Case, Value, When
 
-from .. import conf
+from .. import conf, jsonenc
 from ..context import EventInfo, Suspend
 from ..errors import UnknownFunctionError
 from ..functions import registry
@@ -63,8 +63,72 @@ SELECT count(*) FROM finished
 """
 
 
+_EVENT = Event._meta.db_table
+
+# PostgreSQL: the run, its trigger event and its recorded steps in one round trip; a
+# queued run is marked running by the same statement (the SELECT sees the row as it was).
+_LOAD_RUN_POSTGRES = f"""
+WITH started AS (
+    UPDATE {_RUN} SET status = 'running', started_at = %s WHERE id = %s AND status = 'queued' RETURNING id
+)
+SELECT r.function_id, r.status, r.attempts, r.queued_at, r.started_at, r.parent_run_id, r.parent_step_id,
+       r.batch_event_ids, r.event_id, e.name, e.data, e.ts, e.received_at, e.dedup_id,
+       (SELECT json_agg(json_build_object(
+            'step_id', s.step_id, 'kind', s.kind, 'status', s.status, 'output', s.output, 'error', s.error,
+            'attempts', s.attempts, 'started_at', s.started_at, 'ended_at', s.ended_at,
+            'scheduled_at', s.scheduled_at) ORDER BY s.id)
+        FROM {_STEP} s WHERE s.run_id = r.id)
+FROM {_RUN} r LEFT JOIN {_EVENT} e ON e.id = r.event_id
+WHERE r.id = %s
+"""
+
+
+def _decoded(value: Any) -> Any:
+    # Django has psycopg hand jsonb columns over as text (JSONField decodes them itself).
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _moment(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def load_run(db: str, run_id: str, now: datetime) -> tuple[Run | None, dict[str, StepRecord]]:
+    """The run (its ``status`` as it was before) with its event and steps; a queued run is
+    marked running (``started_at`` = ``now``) on the way."""
+    if connections[db].vendor != "postgresql":
+        run = Run.objects.using(db).select_related("event").filter(pk=run_id).first()
+        if run is not None and run.status == RunStatus.QUEUED:
+            Run.objects.using(db).filter(pk=run.pk, status=RunStatus.QUEUED).update(
+                status=RunStatus.RUNNING, started_at=now
+            )
+        return run, load_steps(db, run_id) if run is not None else {}
+    with connections[db].cursor() as cursor:
+        cursor.execute(_LOAD_RUN_POSTGRES, [now, run_id, run_id])
+        row = cursor.fetchone()
+    if row is None:
+        return None, {}
+    (function_id, status, attempts, queued_at, started_at, parent_run_id, parent_step_id,
+     batch_event_ids, event_id, name, data, ts, received_at, dedup_id, steps) = row
+    run = Run(
+        id=run_id, function_id=function_id, status=status, attempts=attempts, queued_at=queued_at,
+        started_at=started_at, parent_run_id=parent_run_id, parent_step_id=parent_step_id,
+        batch_event_ids=_decoded(batch_event_ids), event_id=event_id,
+    )
+    if event_id is not None:
+        run.event = Event(id=event_id, name=name, data=_decoded(data), ts=ts, received_at=received_at, dedup_id=dedup_id)
+    records = {
+        s["step_id"]: StepRecord(
+            step_id=s["step_id"], kind=s["kind"], status=s["status"], output=s["output"], error=s["error"],
+            attempts=s["attempts"], started_at=_moment(s["started_at"]), ended_at=_moment(s["ended_at"]),
+            scheduled_at=_moment(s["scheduled_at"]), stored=True,
+        )
+        for s in steps or ()
+    }
+    return run, records
+
+
 def _jsonb(value: Any) -> str | None:
-    return None if value is None else json.dumps(value)
+    return None if value is None else jsonenc.dumps(value)
 
 
 class DatabaseCheckpointer:
@@ -292,7 +356,8 @@ def load_steps(db: str, run_id: str, step_id: str | None = None) -> dict[str, St
 
 def process_run(item: Claimed, *, db: str, stopping: threading.Event | None = None) -> Outcome | None:
     """Run or resume the run behind a claimed item (or one parallel branch of it)."""
-    run = Run.objects.using(db).select_related("event").filter(pk=item.run_id).first()
+    now = clock.now()
+    run, steps = load_run(db, str(item.run_id), now)
     if run is None or run.status in FINISHED_STATUSES:
         _drop(db, item)
         return None
@@ -308,13 +373,9 @@ def process_run(item: Claimed, *, db: str, stopping: threading.Event | None = No
             f"the worker running this run stopped {item.claims - 1} times in a row without "
             f"recording progress (MAX_CRASHES is {max_crashes}); a step may be killing its worker",
         )
-    now = clock.now()
     if _timed_out(db, function, run, now):
         return Outcome.FAILED
     if run.status == RunStatus.QUEUED:
-        Run.objects.using(db).filter(pk=run.pk, status=RunStatus.QUEUED).update(
-            status=RunStatus.RUNNING, started_at=now
-        )
         run.started_at = now
         logger.info("run started: %s %s", run.function_id, run.pk)
     if function.timeouts is not None and function.timeouts.finish_delta is not None:
@@ -325,7 +386,7 @@ def process_run(item: Claimed, *, db: str, stopping: threading.Event | None = No
             function,
             run_id=str(run.pk),
             events=[event_info(run.event, run.queued_at)],
-            steps=load_steps(db, str(run.pk)),
+            steps=steps,
             run_attempts=run.attempts,
             checkpointer=checkpointer,
             target_step=item.step_id if item.kind == QueueKind.BRANCH else None,
