@@ -146,8 +146,11 @@ class DatabaseCheckpointer:
 
     @contextmanager
     def _fenced(self) -> Iterator[None]:
+        # Nested (an atomic step, or drain() inside a test's transaction): a savepoint, so
+        # that a refused write rolls back only itself; otherwise a plain short transaction.
+        nested = connections[self.db].in_atomic_block
         try:
-            with transaction.atomic(using=self.db, savepoint=False):
+            with transaction.atomic(using=self.db, savepoint=nested):
                 # The UPDATE takes the item's row lock: a worker that took the item over
                 # has bumped the token, so a stale worker matches nothing and writes nothing.
                 held = (
