@@ -26,9 +26,8 @@ def replay(run_id: Any, from_step: str | None = None) -> Run:
     With ``from_step``, the steps recorded before it keep their outputs (they are not
     run again); ``from_step`` and everything after it run anew.
     """
-    from .models import Run, Step
-
     from .engine import lifecycle
+    from .models import Run, Step
 
     db = conf.database()
     original = Run.objects.using(db).select_related("event").get(pk=run_id)
@@ -118,9 +117,8 @@ def cancel_runs(
 ) -> int:
     """Cancel the function's unfinished runs queued in the time range whose trigger matches
     ``if_exp`` (CEL over ``event``); returns how many were cancelled."""
-    from .models import Run
-
     from .engine import lifecycle
+    from .models import Run
 
     db = conf.database()
     registry.get(function_id)

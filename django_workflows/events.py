@@ -43,7 +43,7 @@ def _validate(event: Event, index: int, allow_system: bool) -> None:
     except StepOutputError:
         raise EventValidationError(
             f"{where} {event.name!r}: data contains a NUL character (\\u0000), which the database cannot store"
-        )
+        ) from None
     if event.id is not None and (not isinstance(event.id, str) or not event.id or len(event.id) > 255):
         raise EventValidationError(f"{where} {event.name!r}: id must be a non-empty string of at most 255 characters")
     if event.ts is not None and (not isinstance(event.ts, datetime) or event.ts.tzinfo is None):

@@ -6,9 +6,8 @@ import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from .durations import Duration, parse_duration
 from .errors import UnknownFunctionError, WorkflowDefinitionError

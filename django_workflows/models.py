@@ -170,6 +170,9 @@ class SeenEventId(models.Model):
     event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="+")
     seen_at = models.DateTimeField()
 
+    def __str__(self) -> str:
+        return self.key
+
 
 class Waiter(models.Model):
     """A run waiting for an event: a ``wait_for_event`` step, or a ``cancel`` rule.
@@ -194,6 +197,9 @@ class Waiter(models.Model):
             models.Index(fields=["event_name", "match_field", "match_value"], name="wf_waiter_match_idx"),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.kind} {self.event_name} for run {self.run_id}"
+
 
 class WaitKey(models.Model):
     """The (event name, match field) pairs that waiters use; tiny, read at every intake."""
@@ -206,6 +212,9 @@ class WaitKey(models.Model):
             models.UniqueConstraint(fields=["event_name", "match_field"], name="wf_waitkey_unique"),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.event_name} on {self.match_field or '(no match)'}"
+
 
 class FunctionState(models.Model):
     """Per-function switches kept in the database (pause/resume)."""
@@ -213,6 +222,9 @@ class FunctionState(models.Model):
     function_id = models.CharField(max_length=255, primary_key=True)
     paused = models.BooleanField(default=False)
     changed_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.function_id} ({'paused' if self.paused else 'active'})"
 
 
 class CronSchedule(models.Model):
@@ -227,3 +239,6 @@ class CronSchedule(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["function_id", "cron"], name="wf_cron_unique"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.function_id} {self.cron!r}"

@@ -73,7 +73,7 @@ def test_racing_processes_fire_each_tick_exactly_once():
         for _ in range(PROCESSES)
     ]
     outputs = [racer.communicate(timeout=60) for racer in racers]
-    for racer, (out, err) in zip(racers, outputs, strict=True):
+    for racer, (_, err) in zip(racers, outputs, strict=True):
         assert racer.returncode == 0, err
     fired = [int(out.strip()) for out, _ in outputs]
     runs = Run.objects.filter(function_id="race-cron")

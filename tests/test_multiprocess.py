@@ -21,14 +21,14 @@ import pytest
 from django.db import connection
 from mp_support import (
     ATOMIC_TABLE,
-    WAIT_DONE_EVENT,
-    WAIT_FUNCTION,
-    WAIT_START_EVENT,
     EXEC_TABLE,
     SLOW_EVENT,
     SLOW_FUNCTION,
     STEPS_EVENT,
     STEPS_FUNCTION,
+    WAIT_DONE_EVENT,
+    WAIT_FUNCTION,
+    WAIT_START_EVENT,
 )
 
 import django_workflows as wf

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import queue as stdlib_queue
+import random
 import socket
 import threading
 import time
 import uuid
-import queue as stdlib_queue
-import random
 
 from django.db import connections
 
