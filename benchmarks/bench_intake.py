@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/bench_intake.py [--waiters 100000] [--events 2000] [--repeats 3]
 
-Uses its own PostgreSQL database (``django_workflows_bench_intake``, recreated each time).
+Uses its own PostgreSQL database (``django_workflows_bench_intake``, recreated each time,
+with bench_engine.py's helpers).
 The waiting runs are real rows (a run, its waiting step, and its ``Waiter`` in the match
 index), written in bulk with SQL so that setting up 100,000 takes seconds; the events
 sent are of the waited-for name, so every one is looked up against the index. Each
@@ -13,34 +14,23 @@ measurement takes the events in batches of 50 through the same code a worker run
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_engine  # noqa: E402
+
 DB_NAME = "django_workflows_bench_intake"
 
 
-def setup_django(url: str) -> None:
-    import psycopg
-
-    admin = url.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME}")
-        conn.execute(f"CREATE DATABASE {DB_NAME}")
-    sys.path.insert(0, str(ROOT))
-    os.environ["DATABASE_URL"] = url.rsplit("/", 1)[0] + "/" + DB_NAME
-    os.environ["DJANGO_SETTINGS_MODULE"] = "testproject.settings"
-    os.environ.setdefault("WORKFLOWS_LOG_LEVEL", "WARNING")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+def setup(url: str) -> None:
+    """A fresh benchmark database, with bench_engine.py's helpers."""
+    bench_engine.recreate_database(url)
+    bench_engine.setup_django(url)
+    bench_engine.migrate()
 
 
 def add_waiters(count: int) -> None:
@@ -101,32 +91,15 @@ def measure_intake(events: int, name: str, batch: int = 50) -> float:
     return events / elapsed
 
 
-def machine() -> str:
-    from django.db import connection
-
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    with connection.cursor() as cursor:
-        cursor.execute("SHOW server_version")
-        pg = cursor.fetchone()[0]
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, PostgreSQL {pg}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default="postgres://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--url", default=f"postgres://postgres@127.0.0.1:5432/{DB_NAME}")
     parser.add_argument("--waiters", type=int, default=100_000)
     parser.add_argument("--events", type=int, default=2_000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    setup_django(args.url)
-    print(f"machine: {machine()}")
+    setup(args.url)
+    print("\n".join(bench_engine.machine_description()))
     print(f"comparison: event intake/s of an event that 0 runs wait for vs one that {args.waiters:,} "
           f"runs wait for on match (median of {args.repeats}, {args.events:,} events each, interleaved "
           "in one database so that drift in the machine's load hits both)")

@@ -104,32 +104,22 @@ def _uuid_str(value: object) -> str | None:
 
 def heartbeat(worker_id: str, item_ids: Iterable[int], *, db: str | None = None) -> int:
     """Extend the leases this worker still holds; returns how many were extended."""
-    from ..models import QueueItem
-
-    ids = list(item_ids)
-    if not ids:
-        return 0
-    db = db or conf.database()
-    return (
-        QueueItem.objects.using(db)
-        .filter(id__in=ids, worker_id=worker_id)
-        .update(due_at=clock.now() + lease_duration())
-    )
+    return _update_held(worker_id, item_ids, db, due_at=clock.now() + lease_duration())
 
 
 def release(worker_id: str, item_ids: Iterable[int], *, db: str | None = None) -> int:
     """Give items back now (a stopping worker); another worker may claim them at once."""
+    return _update_held(worker_id, item_ids, db, worker_id="", due_at=clock.now(), claims=0)
+
+
+def _update_held(worker_id: str, item_ids: Iterable[int], db: str | None, **fields: object) -> int:
+    """One UPDATE of the given items that ``worker_id`` still holds (a batch per call)."""
     from ..models import QueueItem
 
     ids = list(item_ids)
     if not ids:
         return 0
-    db = db or conf.database()
-    return (
-        QueueItem.objects.using(db)
-        .filter(id__in=ids, worker_id=worker_id)
-        .update(worker_id="", due_at=clock.now(), claims=0)
-    )
+    return QueueItem.objects.using(db or conf.database()).filter(id__in=ids, worker_id=worker_id).update(**fields)
 
 
 def next_due_at(*, db: str | None = None, exclude_cron: bool = False) -> datetime | None:
