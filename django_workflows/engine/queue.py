@@ -104,15 +104,15 @@ def _uuid_str(value: object) -> str | None:
 
 def heartbeat(worker_id: str, item_ids: Iterable[int], *, db: str | None = None) -> int:
     """Extend the leases this worker still holds; returns how many were extended."""
-    return _update_held(worker_id, item_ids, db, due_at=clock.now() + lease_duration())
+    return _update_held(worker_id, item_ids, db, {"due_at": clock.now() + lease_duration()})
 
 
 def release(worker_id: str, item_ids: Iterable[int], *, db: str | None = None) -> int:
     """Give items back now (a stopping worker); another worker may claim them at once."""
-    return _update_held(worker_id, item_ids, db, worker_id="", due_at=clock.now(), claims=0)
+    return _update_held(worker_id, item_ids, db, {"worker_id": "", "due_at": clock.now(), "claims": 0})
 
 
-def _update_held(worker_id: str, item_ids: Iterable[int], db: str | None, **fields: object) -> int:
+def _update_held(worker_id: str, item_ids: Iterable[int], db: str | None, fields: dict) -> int:
     """One UPDATE of the given items that ``worker_id`` still holds (a batch per call)."""
     from ..models import QueueItem
 
