@@ -12,10 +12,10 @@ from .. import conf
 from ..models import Event, QueueItem, Run, SeenEventId
 from ..states import RunStatus
 from . import clock
+from .intake import DEDUP_WINDOW
 
 logger = logging.getLogger("django_workflows.worker")
 
-DEDUP_WINDOW = timedelta(hours=24)
 
 
 def prune(db: str, *, now: datetime | None = None, batch: int = 500) -> int:
