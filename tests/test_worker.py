@@ -501,6 +501,29 @@ def test_runworkers_burst_subprocess_on_postgres():
     assert drip.steps.get(step_id="wait-2-days").status == "waiting"
 
 
+@pytest.mark.postgres
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_runworkers_processes_spawns_workers_that_share_the_work():
+    settings_dict = connection.settings_dict
+    url = (
+        f"postgres://{settings_dict['USER'] or 'postgres'}@{settings_dict['HOST'] or '127.0.0.1'}:"
+        f"{settings_dict['PORT'] or 5432}/{settings_dict['NAME']}"
+    )
+    csv = "email,name\nada@example.com,Ada\n"
+    wf.send([wf.Event(name="contacts.csv.uploaded", data={"csv": csv, "uploaded_by": "o@example.com"})] * 40)
+    result = _manage(
+        _subprocess_env({"DATABASE_URL": url}), "runworkers", "--processes", "2", "--concurrency", "2", "--burst"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "runworkers: starting 2 processes of 2 threads" in result.stderr
+    assert result.stderr.count("nothing due, exiting (--burst)") == 2
+    assert "runworkers: all worker processes stopped" in result.stderr
+    assert Run.objects.filter(function_id="import-contacts-csv", status="completed").count() == 40
+    pids = {line.split("worker ", 1)[1].split(":")[1] for line in result.stderr.splitlines() if " started: 2 threads" in line}
+    assert len(pids) == 2, result.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="SQLite-only; runs in the SQLite session")
 def test_runworkers_burst_subprocess_on_a_sqlite_file(tmp_path):

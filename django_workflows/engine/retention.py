@@ -17,7 +17,6 @@ from .intake import DEDUP_WINDOW
 logger = logging.getLogger("django_workflows.worker")
 
 
-
 def prune(db: str, *, now: datetime | None = None, batch: int = 500) -> int:
     """Delete one batch of expired runs (with their steps) and unused old events.
 
