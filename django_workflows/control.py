@@ -11,7 +11,7 @@ from . import conf
 from .engine import clock, wakeup
 from .expressions import Expression
 from .functions import registry
-from .states import FINISHED_STATUSES, RunStatus, StepStatus
+from .states import FINISHED_STATUSES, StepStatus
 
 # engine.lifecycle imports the models: import it inside the calls, so that
 # ``import django_workflows`` works before the app registry is ready.
@@ -156,10 +156,4 @@ def _set_paused(function_id: str, paused: bool) -> None:
     )
 
 
-def is_paused(function_id: str) -> bool:
-    from .engine import lifecycle
-
-    return function_id in lifecycle.paused_functions(conf.database())
-
-
-__all__ = ["replay", "replay_events", "cancel", "cancel_runs", "pause", "resume", "is_paused", "RunStatus"]
+__all__ = ["replay", "replay_events", "cancel", "cancel_runs", "pause", "resume"]

@@ -300,8 +300,8 @@ def test_a_burst_worker_does_not_exit_while_its_own_work_makes_more_work_due(thr
 # -- graceful stop -----------------------------------------------------------------------------------
 
 
-@pytest.mark.django_db(transaction=True)
-def test_stop_lets_the_running_step_finish_and_releases_the_run_to_resume(threads_db):
+def define_slow_then_next(function_id: str, event: str) -> tuple[threading.Event, threading.Event]:
+    """A function whose first step blocks until ``proceed`` is set; ``started`` tells it began."""
     started = threading.Event()
     proceed = threading.Event()
 
@@ -311,11 +311,18 @@ def test_stop_lets_the_running_step_finish_and_releases_the_run_to_resume(thread
         assert proceed.wait(JOIN_TIMEOUT)
         return "slow done"
 
-    @wf.function(id="wk-stop", trigger="wk.stop")
+    @wf.function(id=function_id, trigger=event)
     def fn(ctx):
         a = ctx.step.run("slow", slow)
         b = ctx.step.run("next", counted, "next")
         return [a, b]
+
+    return started, proceed
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stop_lets_the_running_step_finish_and_releases_the_run_to_resume(threads_db):
+    started, proceed = define_slow_then_next("wk-stop", "wk.stop")
 
     wf.send("wk.stop")
     with worker_in_thread(concurrency=1) as (worker, thread):
@@ -346,20 +353,7 @@ def test_stop_lets_the_running_step_finish_and_releases_the_run_to_resume(thread
 @pytest.mark.django_db(transaction=True)
 def test_a_step_outliving_the_shutdown_grace_is_released_for_another_worker(settings, threads_db, caplog):
     settings.DJANGO_WORKFLOWS = {**settings.DJANGO_WORKFLOWS, "SHUTDOWN_GRACE_SECONDS": 0.2}
-    started = threading.Event()
-    proceed = threading.Event()
-
-    def slow():
-        calls["slow"] += 1
-        started.set()
-        assert proceed.wait(JOIN_TIMEOUT)
-        return "slow done"
-
-    @wf.function(id="wk-grace", trigger="wk.grace")
-    def fn(ctx):
-        a = ctx.step.run("slow", slow)
-        b = ctx.step.run("next", counted, "next")
-        return [a, b]
+    started, proceed = define_slow_then_next("wk-grace", "wk.grace")
 
     caplog.set_level(logging.INFO, logger="django_workflows")
     wf.send("wk.grace")
