@@ -38,7 +38,10 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
             )
         )
         return problems
-    for key in ("LEASE_SECONDS", "POLL_INTERVAL", "SHUTDOWN_GRACE_SECONDS", "CONCURRENCY"):
+    for key in (
+        "LEASE_SECONDS", "POLL_INTERVAL", "SHUTDOWN_GRACE_SECONDS", "CONCURRENCY", "STARTUP_TIMEOUT",
+        "MAX_EVENT_BYTES", "MAX_STEP_OUTPUT_BYTES", "MAX_STEPS_PER_RUN",
+    ):
         value = conf.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             problems.append(

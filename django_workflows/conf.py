@@ -24,6 +24,12 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CRASHES": 10,
     # NOTIFY after commit to wake idle workers at once (PostgreSQL only).
     "NOTIFY": True,
+    # Seconds a starting worker waits for an unreachable database before it gives up.
+    "STARTUP_TIMEOUT": 600.0,
+    # Limits, with Inngest's defaults. Over a limit: a clear error, and nothing is stored.
+    "MAX_EVENT_BYTES": 524_288,  # 512 KiB: one event's JSON (name, data, id)
+    "MAX_STEP_OUTPUT_BYTES": 4_194_304,  # 4 MiB: one step's (or a run's) JSON output
+    "MAX_STEPS_PER_RUN": 1000,
 }
 
 

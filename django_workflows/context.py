@@ -8,11 +8,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import conf
 from .durations import Duration, parse_duration
 from .engine import clock
 from .engine.backoff import retry_delay
 from .engine.records import StepRecord, error_dict, json_round_trip
-from .errors import NonRetriableError, RetryAfterError, StepError, WorkflowDefinitionError
+from .errors import (
+    NON_RETRIABLE,
+    NonRetriableError,
+    RetryAfterError,
+    StepAborted,
+    StepError,
+    WorkflowDefinitionError,
+)
 from .states import StepKind, StepStatus
 
 if TYPE_CHECKING:
@@ -55,7 +63,13 @@ class InvokeSpec:
     data: dict
 
 
-class Suspend(BaseException):
+class EngineSignal(BaseException):
+    """Base of the engine's own control flow; a BaseException so that a handler's
+    ``except Exception`` cannot swallow it. Any other BaseException raised by user code
+    (``SystemExit``, ``KeyboardInterrupt``, ``asyncio.CancelledError``) is a failure."""
+
+
+class Suspend(EngineSignal):
     """Stops the handler: the run resumes at ``until`` (``None``: when woken).
 
     A BaseException so that a handler's ``except Exception`` does not swallow it.
@@ -80,11 +94,15 @@ class Suspend(BaseException):
         self.branches = branches or []
 
 
-class BranchDone(BaseException):
+class StepLimitExceeded(EngineSignal):
+    """The run reached ``MAX_STEPS_PER_RUN``: it fails (a handler cannot catch this)."""
+
+
+class BranchDone(EngineSignal):
     """A parallel branch's step reached its end: the branch item is done."""
 
 
-class _Planned(BaseException):
+class _Planned(EngineSignal):
     """Inside ``parallel``: this branch's next step has not run yet."""
 
     def __init__(self, step_id: str) -> None:
@@ -126,7 +144,11 @@ class Context:
         self.run_id = run_id
         self.events = events
         self.event = events[0]
-        self.attempt = run_attempt
+        # Failed attempts of the code after the last completed step; back to 0 once a step
+        # succeeds. ``attempt`` is what the handler sees: 0 while memoized code replays,
+        # this once the handler reaches new code, a step's own attempt while it runs.
+        self.run_attempt = run_attempt
+        self.attempt = 0 if steps else run_attempt
         self.target_step = target_step  # set when this execution runs one parallel branch
         self._checkpointer = checkpointer
         # Every recorded step (done, waiting or retrying) was reached by an earlier
@@ -150,6 +172,7 @@ class StepTools:
         self._records = records
         self._seen: dict[str, int] = {}
         self._emitted: set[str] = set()
+        self._max_steps = int(conf.get("MAX_STEPS_PER_RUN"))
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -158,6 +181,11 @@ class StepTools:
             raise WorkflowDefinitionError(f"step id must be a non-empty string of at most 200 characters, got {step_id!r}")
         # Repeats become id:1, id:2 ...; never one that an explicit id already took (and the
         # other way round), so the mapping stays deterministic across replays.
+        if len(self._emitted) >= self._max_steps:
+            raise StepLimitExceeded(
+                f"the run reached {self._max_steps:,} steps, the limit (DJANGO_WORKFLOWS['MAX_STEPS_PER_RUN']); "
+                f"step {step_id!r} was not started: split the work over several runs (send_event or invoke)"
+            )
         count = self._seen.get(step_id, 0)
         candidate = step_id if count == 0 else f"{step_id}:{count}"
         while candidate in self._emitted:
@@ -176,10 +204,14 @@ class StepTools:
             )
         if record is not None:
             self._ctx._unconsumed = max(self._ctx._unconsumed - 1, 0)
+            if not self._ctx._unconsumed:
+                self._ctx.attempt = self._ctx.run_attempt  # the replay is over
         return record
 
     def _new_work(self) -> None:
         """The handler reached code that has not run before."""
+        if self._ctx._unconsumed:
+            self._ctx.attempt = self._ctx.run_attempt
         self._ctx._unconsumed = 0
         self._ctx._checkpointer.before_new_step()
 
@@ -232,6 +264,11 @@ class StepTools:
                 self._complete(record, output, attempt)
         except Exception as exc:  # engine signals are BaseExceptions and pass through
             self._failed(record, attempt, exc)
+        except BaseException as exc:
+            if isinstance(exc, EngineSignal):
+                raise
+            # SystemExit & co. would kill the worker thread: fail the step instead.
+            self._failed(record, attempt, aborted(exc, f"step {sid!r}"))
         if self._ctx.target_step == sid:
             raise BranchDone()
         return output
@@ -244,12 +281,14 @@ class StepTools:
         record.ended_at = clock.now()
         record.scheduled_at = None
         self._ctx._checkpointer.record_step(record)
+        # A step succeeded: the code after it starts again at attempt 0 (as in Inngest).
+        self._ctx.attempt = self._ctx.run_attempt = 0
 
     def _failed(self, record: StepRecord, attempt: int, exc: Exception) -> None:
         record.attempts = attempt + 1
         record.error = error_dict(exc)
         retries = self._ctx.function.retries
-        if isinstance(exc, NonRetriableError) or record.attempts > retries:
+        if isinstance(exc, NON_RETRIABLE) or record.attempts > retries:
             record.status = StepStatus.FAILED
             record.ended_at = clock.now()
             record.scheduled_at = None
@@ -302,6 +341,7 @@ class StepTools:
         record.status = StepStatus.COMPLETED
         record.ended_at = now
         self._ctx._checkpointer.record_step(record)
+        self._ctx.attempt = self._ctx.run_attempt = 0
         return None
 
 
@@ -440,6 +480,16 @@ class Group:
         return tuple(results)
 
 
+def aborted(exc: BaseException, where: str) -> StepAborted:
+    """A ``StepAborted`` (not retried) standing for a BaseException raised by user code."""
+    error = StepAborted(
+        f"{where} raised {type(exc).__name__}({str(exc)!r}), a BaseException that would stop "
+        "the worker; it fails without retries (raise an Exception to be retried)"
+    )
+    error.__cause__ = exc
+    return error
+
+
 def event_from_payload(payload: dict | None) -> EventInfo | None:
     if payload is None:
         return None
@@ -450,13 +500,6 @@ def event_from_payload(payload: dict | None) -> EventInfo | None:
 
 
 def _parse_moment(value: datetime | str, *, what: str) -> datetime:
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            raise WorkflowDefinitionError(f"{what}: {value!r} is not an ISO 8601 datetime") from None
-    if not isinstance(value, datetime):
-        raise WorkflowDefinitionError(f"{what}: expected an aware datetime, got {type(value).__name__}")
-    if value.tzinfo is None:
-        raise WorkflowDefinitionError(f"{what}: the datetime {value!r} has no timezone")
-    return value
+    from .durations import parse_moment
+
+    return parse_moment(value, what=what)

@@ -9,6 +9,7 @@ from django.db import transaction
 
 from . import conf
 from .engine import clock, wakeup
+from .errors import RunNotFinishedError
 from .expressions import Expression
 from .functions import registry
 from .states import FINISHED_STATUSES, StepStatus
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
 def replay(run_id: Any, from_step: str | None = None) -> Run:
     """Start a new run of the same function and trigger event(s), linked by ``replay_of``.
 
+    Only a finished run (completed, failed or cancelled) can be replayed: a run that is
+    queued or running raises ``RunNotFinishedError`` (cancel it first).
+
     With ``from_step``, the steps recorded before it keep their outputs (they are not
     run again); ``from_step`` and everything after it run anew.
     """
@@ -31,6 +35,12 @@ def replay(run_id: Any, from_step: str | None = None) -> Run:
 
     db = conf.database()
     original = Run.objects.using(db).select_related("event").get(pk=run_id)
+    if original.status not in FINISHED_STATUSES:
+        # Two live runs of the same work would each do it: cancel first, then replay.
+        raise RunNotFinishedError(
+            f"run {original.pk} is {original.status}: only finished runs can be replayed; "
+            f"cancel it first (wf.cancel({str(original.pk)!r})), then replay it"
+        )
     function = registry.get(original.function_id)
     kept: list[Step] = []
     if from_step is not None:
@@ -89,7 +99,7 @@ def replay_events(
     pairs = [
         (lifecycle.new_run(function, event, now=now), now)
         for event in events.order_by("received_at").iterator()
-        if any(trigger.event == event.name and trigger.matches(event.as_payload()) for trigger in function.event_triggers)
+        if any(trigger.event == event.name and trigger.matches(event.as_payload(), function_id=function.id) for trigger in function.event_triggers)
     ]
     with transaction.atomic(using=db):
         lifecycle.insert_runs(db, pairs)
@@ -130,7 +140,9 @@ def cancel_runs(
         runs = runs.filter(queued_at__lt=started_before)
     count = 0
     for run in runs.select_related("event").iterator():
-        if expression is not None and not expression.matches(event=run.event.as_payload() if run.event else {}):
+        payload = run.event.as_payload() if run.event else {}
+        where = "wf.cancel_runs if_exp"
+        if expression is not None and not expression.matches({"event": payload}, where=where, event_id=payload.get("id")):
             continue
         with transaction.atomic(using=db):
             count += lifecycle.cancel_run(db, run.pk, reason="cancelled by wf.cancel_runs")

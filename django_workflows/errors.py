@@ -16,6 +16,11 @@ class NonRetriableError(Exception):
     """Raise from a step (or a handler) to fail it at once, without retries."""
 
 
+class StepAborted(NonRetriableError):
+    """User code raised a BaseException (``SystemExit``, ``KeyboardInterrupt`` ...): the step
+    or the run fails without retries, and the worker thread lives on."""
+
+
 class RetryAfterError(Exception):
     """Raise from a step to set when its next attempt runs.
 
@@ -54,3 +59,15 @@ class EventValidationError(ValueError):
 
 class UnknownFunctionError(LookupError):
     """No function with that id is registered."""
+
+
+class RunNotFinishedError(ValueError):
+    """A run that has not finished cannot be replayed: cancel it first."""
+
+
+# Errors that retrying cannot fix: a bad duration, a naive datetime, an expression that
+# does not compile, an unknown function id, a malformed event. Raised from a handler or a
+# step, they fail it at once with their message instead of being retried for minutes.
+NON_RETRIABLE: tuple[type[Exception], ...] = (
+    NonRetriableError, WorkflowDefinitionError, UnknownFunctionError, EventValidationError,
+)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
@@ -38,16 +38,28 @@ def _validate(event: Event, index: int, allow_system: bool) -> None:
         text = json.dumps(event.data, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise EventValidationError(f"{where} {event.name!r}: data is not JSON ({exc})") from None
+    except RecursionError:
+        raise EventValidationError(f"{where} {event.name!r}: data is nested too deeply") from None
     try:
-        check_storable(text, what="")
-    except StepOutputError:
-        raise EventValidationError(
-            f"{where} {event.name!r}: data contains a NUL character (\\u0000), which the database cannot store"
-        ) from None
+        check_storable(text, what=f"{where} {event.name!r}: data")
+    except StepOutputError as exc:
+        raise EventValidationError(str(exc)) from None
     if event.id is not None and (not isinstance(event.id, str) or not event.id or len(event.id) > 255):
         raise EventValidationError(f"{where} {event.name!r}: id must be a non-empty string of at most 255 characters")
+    for part, value in (("name", event.name), ("id", event.id or "")):
+        try:
+            check_storable(json.dumps(value), what=f"{where} {part} {value!r}")
+        except StepOutputError as exc:
+            raise EventValidationError(str(exc)) from None
     if event.ts is not None and (not isinstance(event.ts, datetime) or event.ts.tzinfo is None):
         raise EventValidationError(f"{where} {event.name!r}: ts must be a timezone-aware datetime, got {event.ts!r}")
+    size = len(text.encode()) + len(event.name.encode()) + len((event.id or "").encode())
+    limit = int(conf.get("MAX_EVENT_BYTES"))
+    if size > limit:
+        raise EventValidationError(
+            f"{where} {event.name!r} is {size:,} bytes, over the limit of {limit:,} bytes "
+            "(DJANGO_WORKFLOWS['MAX_EVENT_BYTES']); send a key to data stored elsewhere instead"
+        )
 
 
 def send(
@@ -92,15 +104,21 @@ def store_events(events: list[Event], *, allow_system: bool) -> list[str]:
     if not events:
         return []
     db = conf.database()
+    clock.sync(db, max_age=clock.RESYNC_SECONDS)  # due times on the database's clock
     now = clock.now()
+    # Events of one call are received one microsecond apart, in list order: they take
+    # effect in that order (a cancel listed after its trigger cancels the run).
     rows = [
-        EventRow(name=e.name, data=e.data, ts=e.ts or now, received_at=now, dedup_id=e.id or "")
-        for e in events
+        EventRow(
+            name=e.name, data=e.data, ts=e.ts or now, received_at=now + timedelta(microseconds=index),
+            dedup_id=e.id or "",
+        )
+        for index, e in enumerate(events)
     ]
     with transaction.atomic(using=db, savepoint=False):
         EventRow.objects.using(db).bulk_create(rows)
         QueueItem.objects.using(db).bulk_create(
-            [QueueItem(kind=QueueKind.EVENT, event=row, due_at=now) for row in rows]
+            [QueueItem(kind=QueueKind.EVENT, event=row, due_at=row.received_at) for row in rows]
         )
         wakeup.notify_on_commit(db)
     return [str(row.id) for row in rows]

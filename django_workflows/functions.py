@@ -78,8 +78,11 @@ class TriggerEvent:
             compiled = Expression(self.expression, what=f"TriggerEvent({self.event!r}) expression")
             object.__setattr__(self, "compiled", compiled)
 
-    def matches(self, payload: dict) -> bool:
-        return self.compiled is None or self.compiled.matches(event=payload)
+    def matches(self, payload: dict, *, function_id: str = "") -> bool:
+        if self.compiled is None:
+            return True
+        where = f"function {function_id!r} trigger {self.event!r}"
+        return self.compiled.matches({"event": payload}, where=where, event_id=payload.get("id"))
 
 
 @dataclass(frozen=True)

@@ -20,25 +20,31 @@ from .errors import WorkflowDefinitionError
 from .events import Event
 from .functions import Function, resolve
 
-__all__ = ["drain", "trigger", "TriggerResult", "reset_clock", "now", "start_cron_schedules"]
+__all__ = ["drain", "trigger", "TriggerResult", "reset_clock", "now", "start_cron_schedules", "WorkflowsTestMixin"]
 
 DRAIN_WORKER_ID = "drain"
 
 
-def drain(advance_time: bool = False, max_jobs: int = 10_000) -> int:
+def drain(advance_time: bool = False, max_jobs: int = 10_000, batch_size: int | None = None) -> int:
     """Run every due queue item in this process until nothing is due; return how many ran.
 
-    With ``advance_time=True``, whenever nothing is due the engine's clock jumps to the
-    next scheduled item (a sleep's end, a retry, a delayed event), until no work remains.
-    The clock stays moved afterwards; ``reset_clock()`` puts it back.
+    Items are claimed in batches as a worker claims them (``batch_size``, default the
+    ``CONCURRENCY`` setting): new events of one claim are taken in together, so tests
+    see what ``runworkers`` does. With ``advance_time=True``, whenever nothing is due
+    the engine's clock jumps to the next scheduled item (a sleep's end, a retry, a
+    delayed event), until no work remains. The clock stays moved until the test ends
+    (the pytest plugin and ``WorkflowsTestMixin`` put it back) or ``reset_clock()``.
     """
     from .engine import queue
     from .engine.worker import process_items
 
     db = conf.database()
+    batch = int(conf.get("CONCURRENCY")) if batch_size is None else batch_size
+    if batch < 1:
+        raise ValueError(f"drain(): batch_size must be at least 1, got {batch_size!r}")
     done = 0
     while done < max_jobs:
-        items = queue.claim(DRAIN_WORKER_ID, 1, db=db)
+        items = queue.claim(DRAIN_WORKER_ID, min(batch, max_jobs - done), db=db)
         if not items:
             if not advance_time:
                 break
@@ -243,3 +249,17 @@ class _StubbingSteps:
             return value
 
         return call
+
+
+class WorkflowsTestMixin:
+    """For ``unittest`` and Django ``TestCase`` classes: each test starts and ends at real time.
+
+    ``drain(advance_time=True)`` leaves the engine's clock moved; pytest users get this
+    from the plugin, ``class MyTests(WorkflowsTestMixin, TestCase)`` gets it here.
+    """
+
+    def setUp(self) -> None:
+        clock.reset()
+        # A cleanup runs even when the test or a later setUp fails, unlike tearDown.
+        self.addCleanup(clock.reset)  # type: ignore[attr-defined]
+        super().setUp()  # type: ignore[misc]

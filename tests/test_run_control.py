@@ -196,7 +196,7 @@ def test_cancel_and_cancel_runs_and_the_cancelled_event():
     for n in range(4):
         wf.send("reminder.set", data={"reminder_id": n})
     drain()
-    first = Run.objects.filter(function_id="reminder").order_by("queued_at").first()
+    first = Run.objects.get(function_id="reminder", event__data__reminder_id=0)
     assert wf.cancel(first.pk) is True
     assert wf.cancel(first.pk) is False
     assert wf.cancel_runs("reminder", if_exp="event.data.reminder_id >= 2") == 2

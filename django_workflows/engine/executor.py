@@ -13,8 +13,16 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
-from ..context import BranchDone, Context, EventInfo, Suspend
-from ..errors import NonRetriableError, RetryAfterError, StepError
+from ..context import (
+    BranchDone,
+    Context,
+    EngineSignal,
+    EventInfo,
+    StepLimitExceeded,
+    Suspend,
+    aborted,
+)
+from ..errors import NON_RETRIABLE, RetryAfterError, StepError
 from ..functions import Function
 from . import clock
 from .backoff import retry_delay
@@ -23,7 +31,7 @@ from .records import StepRecord, error_dict, json_round_trip
 logger = logging.getLogger("django_workflows.engine")
 
 
-class EngineInterrupt(BaseException):
+class EngineInterrupt(EngineSignal):
     """Base of the engine's own signals; BaseException so handlers cannot swallow them."""
 
 
@@ -86,17 +94,29 @@ def execute(
             result = function.handler(ctx)
             output = json_round_trip(result, what=f"function {function.id!r}")
         except Suspend as suspend:
-            checkpointer.suspend(suspend, until=suspend.until)
+            # A step that succeeded in this execution put the run's attempts back to 0.
+            changed = ctx.run_attempt if ctx.run_attempt != run_attempts else None
+            checkpointer.suspend(suspend, until=suspend.until, run_attempts=changed)
             return Outcome.SUSPENDED
         except StepError as exc:
             # A step spent its retries and the handler did not catch it: the run fails.
             checkpointer.fail({**error_dict(exc), "step_id": exc.step_id, "cause": exc.error})
             return Outcome.FAILED
-        except NonRetriableError as exc:
+        except StepLimitExceeded as exc:
+            checkpointer.fail({"name": "StepLimitExceeded", "message": str(exc), "stack": ""})
+            return Outcome.FAILED
+        except NON_RETRIABLE as exc:
+            # Usage errors (a bad duration, an unknown function...) fail at once: retrying
+            # cannot fix them.
             checkpointer.fail(error_dict(exc))
             return Outcome.FAILED
         except Exception as exc:
-            return _handler_error(function, exc, run_attempts, checkpointer)
+            return _handler_error(function, exc, ctx.run_attempt, checkpointer)
+        except BaseException as exc:
+            if isinstance(exc, EngineSignal):
+                raise
+            checkpointer.fail(error_dict(aborted(exc, f"function {function.id!r}")))
+            return Outcome.FAILED
         checkpointer.complete(output)
         return Outcome.COMPLETED
     except LeaseLost:
@@ -134,8 +154,13 @@ def _execute_branch(function: Function, ctx: Context, checkpointer: Checkpointer
             if suspend.pending is None and suspend.until is not None and target in ctx.step._records:
                 checkpointer.suspend(None, until=suspend.until)  # resumed before its retry is due
                 return Outcome.SUSPENDED
-        except (BranchDone, Exception):
-            pass
+        except (BranchDone, StepLimitExceeded, Exception):
+            pass  # the run itself meets (and records) whatever ends the handler here
+        except BaseException as exc:
+            if isinstance(exc, EngineInterrupt):
+                raise
+            if not isinstance(exc, EngineSignal):
+                logger.warning("run %s branch %s: handler raised %r outside the branch step", ctx.run_id, target, exc)
         checkpointer.branch_done()
         return Outcome.COMPLETED
     except LeaseLost:

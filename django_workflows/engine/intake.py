@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db import IntegrityError, connections, transaction
 
-from ..functions import registry
-from ..models import Event, QueueItem, SeenEventId
+from ..functions import Function, registry
+from ..models import Event, QueueItem, Run, SeenEventId, Waiter
 from ..states import WaiterKind
 from . import clock, lifecycle, wakeup
 from .queue import Claimed
@@ -23,37 +23,81 @@ def process_events(
 ) -> list[Claimed]:
     """Resume waits, apply cancellations and start the runs that ``items``' events trigger.
 
+    The events take effect one after another in the order they were received, whatever
+    the size of the batch: a cancel event taken in the same claim as the event that
+    started a run cancels that run, exactly as it would one claim later.
+
     With ``keep_for``, up to ``keep_max`` of the new runs are leased to that worker and
     returned, for it to run at once; the others are left for any worker.
     """
     events = Event.objects.using(db).in_bulk([i.event_id for i in items])
-    pairs: list = []
-    kept: list[Claimed] = []
     with transaction.atomic(using=db):
         mine = _take(db, items)
-        now = clock.now()
-        delivered = [
-            event for item in mine
-            if (event := events.get(_pk(item.event_id))) is not None and _first_delivery(db, event)
-        ]
+        received = sorted(
+            (event for item in mine if (event := events.get(_pk(item.event_id))) is not None),
+            key=lambda event: (event.received_at, event.pk),
+        )
+        delivered = [event for event in received if _first_delivery(db, event)]
         fields_by_name, paused = lifecycle.intake_lookups(db, {e.name for e in delivered})
-        for event_pk, waiters in lifecycle.waiters_for(db, delivered, fields_by_name).items():
-            event = events[event_pk]
-            for waiter in waiters:
-                if waiter.kind == WaiterKind.WAIT:
-                    lifecycle.resolve_wait(db, waiter, event)
-                else:
-                    lifecycle.cancel_run(db, waiter.run_id, reason=f"cancelled by event {event.name} {event.pk}")
+        # Waiters stored before this batch: one indexed query for the whole batch.
+        stored = lifecycle.waiters_for(db, delivered, fields_by_name)
+        batch = _NewRuns(db, clock.now(), keep_for, keep_max)
         for event in delivered:
+            matched = stored.get(event.pk, []) + batch.cancel_rules_matching(event)
+            for waiter in matched:
+                _apply(db, batch, waiter, event)
             for function in _functions_for(event):
                 if function.id in paused:
                     logger.info("event %s starts no run of paused function %s", event.pk, function.id)
                     continue
-                pairs.append((lifecycle.new_run(function, event, now=now), max(event.ts, now)))
-        kept = lifecycle.insert_runs(db, pairs, keep_for=keep_for, keep_max=keep_max)
-    if len(pairs) > len(kept):
+                batch.add(function, event)
+        batch.flush()
+    if batch.started > len(batch.kept):
         wakeup.notify(db)  # other idle workers may take the runs this one did not keep
-    return kept
+    return batch.kept
+
+
+class _NewRuns:
+    """The runs an intake batch starts, inserted together (one bulk insert in the common case).
+
+    Their cancel rules are kept in memory too, so that a later event of the same batch
+    is matched against them; the pending runs are inserted before one is cancelled.
+    """
+
+    def __init__(self, db: str, now: datetime, keep_for: str | None, keep_max: int) -> None:
+        self.db, self.now, self.keep_for, self.keep_max = db, now, keep_for, keep_max
+        self.pending: list[tuple[Run, datetime]] = []
+        self.pending_ids: set = set()
+        self.rules: list[Waiter] = []
+        self.kept: list[Claimed] = []
+        self.started = 0
+
+    def add(self, function: Function, event: Event) -> None:
+        run = lifecycle.new_run(function, event, now=self.now)
+        self.pending.append((run, max(event.ts, self.now)))
+        self.pending_ids.add(run.pk)
+        self.rules.extend(lifecycle.cancel_waiters(run))
+
+    def cancel_rules_matching(self, event: Event) -> list[Waiter]:
+        return [rule for rule in self.rules if lifecycle.waiter_accepts(rule, event)]
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        room = max(self.keep_max - len(self.kept), 0)
+        self.kept += lifecycle.insert_runs(self.db, self.pending, keep_for=self.keep_for, keep_max=room)
+        self.started += len(self.pending)
+        self.pending, self.pending_ids = [], set()
+
+
+def _apply(db: str, batch: _NewRuns, waiter: Waiter, event: Event) -> None:
+    """Resolve a wait or apply a cancel rule that ``event`` matched."""
+    if waiter.kind == WaiterKind.WAIT:
+        lifecycle.resolve_wait(db, waiter, event)
+        return
+    if waiter.run_id in batch.pending_ids:
+        batch.flush()  # the run this event cancels was started earlier in this batch
+    lifecycle.cancel_run(db, waiter.run_id, reason=f"cancelled by event {event.name} {event.pk}")
 
 
 def _take(db: str, items: list[Claimed]) -> list[Claimed]:
@@ -75,11 +119,42 @@ def _pk(value: str | None) -> object:
 
 def _functions_for(event: Event) -> list:
     payload = event.as_payload()
+    lineage = system_event_lineage(payload)
     chosen: dict[str, object] = {}
     for function, trigger in registry.triggered_by(event.name):
-        if function.id not in chosen and trigger.matches(payload):
-            chosen[function.id] = function
+        if function.id in chosen or not trigger.matches(payload, function_id=function.id):
+            continue
+        if function.id in lineage:
+            # A run started by a system event never starts itself again through the
+            # system events of its own end: that would loop without end.
+            logger.info(
+                "event %s (%s) starts no run of %s: it descends from a run of that function",
+                event.pk, event.name, function.id,
+            )
+            continue
+        chosen[function.id] = function
     return list(chosen.values())
+
+
+def system_event_lineage(payload: dict) -> set[str]:
+    """The ids of the functions whose runs led to a ``workflows/function.*`` event.
+
+    Such an event's ``data`` names the run's function and embeds the run's own trigger
+    event, which may itself be a system event about an earlier run, and so on.
+    """
+    lineage: set[str] = set()
+    current: object = payload
+    while isinstance(current, dict) and str(current.get("name", "")).startswith("workflows/function."):
+        data = current.get("data")
+        if not isinstance(data, dict):
+            break
+        function_id = data.get("function_id")
+        if isinstance(function_id, str):
+            if function_id in lineage:
+                break
+            lineage.add(function_id)
+        current = data.get("event")
+    return lineage
 
 
 def _first_delivery(db: str, event: Event) -> bool:

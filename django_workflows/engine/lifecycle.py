@@ -5,7 +5,6 @@ Every function here runs inside the caller's transaction on the workflows databa
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime
 from functools import lru_cache
@@ -14,7 +13,7 @@ from typing import Any
 from django.db import connections
 from django.db.models import Case, F, Q, Value, When
 
-from ..expressions import Expression
+from ..expressions import Expression, canonical_json
 from ..functions import Function, registry
 from ..models import Event, FunctionState, QueueItem, Run, Step, Waiter, WaitKey
 from ..states import FINISHED_STATUSES, QueueKind, RunStatus, StepStatus, WaiterKind
@@ -40,7 +39,8 @@ def lookup(payload: dict, path: str) -> tuple[bool, Any]:
 
 
 def match_key(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    """The indexed text of a ``match`` value: equal numbers give equal text (1 and 1.0)."""
+    return canonical_json(value)
 
 
 def paused_functions(db: str) -> set[str]:
@@ -100,7 +100,7 @@ def insert_runs(
             item = QueueItem(kind=QueueKind.RUN, run=run, due_at=due)
         items.append(item)
     QueueItem.objects.using(db).bulk_create(items)
-    waiters = [w for run, _ in pairs for w in _cancel_waiters(run)]
+    waiters = [w for run, _ in pairs for w in cancel_waiters(run)]
     if waiters:
         add_waiters(db, waiters)
     return [
@@ -109,7 +109,8 @@ def insert_runs(
     ]
 
 
-def _cancel_waiters(run: Run) -> list[Waiter]:
+def cancel_waiters(run: Run) -> list[Waiter]:
+    """The run's cancel rules as waiters (not saved)."""
     function = registry._functions.get(run.function_id)
     if function is None or not function.cancel:
         return []
@@ -134,8 +135,9 @@ def make_waiter(
     match_value = ""
     if match:
         found, value = lookup(trigger, match)
-        # A trigger without the field can never be matched; "\0" is no JSON text.
-        match_value = match_key(value) if found else "\0missing"
+        # A trigger without the field can never be matched: "!missing" is no JSON text
+        # (and has no NUL, which PostgreSQL cannot store in text).
+        match_value = match_key(value) if found else "!missing"
     run_id = run if isinstance(run, str) else run.pk
     return Waiter(
         kind=kind, run_id=run_id, step_id=step_id, event_name=event_name,
@@ -220,13 +222,28 @@ def waiters_for(
     return result
 
 
+def waiter_accepts(waiter: Waiter, event: Event) -> bool:
+    """Whether ``event`` matches ``waiter`` (its name, match key, times and if_exp)."""
+    if waiter.event_name != event.name:
+        return False
+    if waiter.match_field:
+        found, value = lookup(event.as_payload(), waiter.match_field)
+        if not found or match_key(value) != waiter.match_value:
+            return False
+    return _waiter_matches(waiter, event)
+
+
 def _waiter_matches(waiter: Waiter, event: Event) -> bool:
     # Only events received after the wait began (or, for cancel rules, after the trigger).
     if waiter.created_at >= event.received_at:
         return False
     if waiter.expires_at is not None and waiter.expires_at <= event.received_at:
         return False
-    return not waiter.if_exp or compiled(waiter.if_exp).matches(event=waiter.trigger, **{"async": event.as_payload()})
+    return not waiter.if_exp or compiled(waiter.if_exp).matches(
+        {"event": waiter.trigger, "async": event.as_payload()},
+        # No run id in ``where``: it is the warning throttle's key, shared by every waiting run.
+        where=f"{waiter.kind} on {waiter.event_name!r} if_exp", event_id=event.pk,
+    )
 
 
 # -- waking, resolving, cancelling -------------------------------------------------------------

@@ -23,7 +23,7 @@ _CLAIM_POSTGRES = f"""
 WITH due AS (
     SELECT id FROM {TABLE}
     WHERE due_at IS NOT NULL AND due_at <= %s
-    ORDER BY due_at
+    ORDER BY due_at, id
     LIMIT %s
     FOR UPDATE SKIP LOCKED
 )
@@ -39,7 +39,7 @@ _CLAIM_SQLITE = f"""
 UPDATE {TABLE}
 SET worker_id = %s, due_at = %s, lease_token = lease_token + 1, claims = claims + 1
 WHERE id IN (
-    SELECT id FROM {TABLE} WHERE due_at IS NOT NULL AND due_at <= %s ORDER BY due_at LIMIT %s
+    SELECT id FROM {TABLE} WHERE due_at IS NOT NULL AND due_at <= %s ORDER BY due_at, id LIMIT %s
 )
 RETURNING id, kind, run_id, event_id, step_id, lease_token, claims
 """
@@ -102,14 +102,32 @@ def _uuid_str(value: object) -> str | None:
     return text
 
 
-def heartbeat(worker_id: str, item_ids: Iterable[int], *, db: str | None = None) -> int:
-    """Extend the leases this worker still holds; returns how many were extended."""
-    return _update_held(worker_id, item_ids, db, {"due_at": clock.now() + lease_duration()})
+def heartbeat(worker_id: str, item_ids: Iterable[int], *, db: str | None = None) -> set[int]:
+    """Extend the leases this worker still holds (one statement); returns their ids."""
+    ids = list(item_ids)
+    if not ids:
+        return set()
+    db = db or conf.database()
+    lease_end = _db_value(db, clock.now() + lease_duration())
+    placeholders = ", ".join(["%s"] * len(ids))
+    with connections[db].cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {TABLE} SET due_at = %s WHERE worker_id = %s AND id IN ({placeholders}) RETURNING id",
+            [lease_end, worker_id, *ids],
+        )
+        return {row[0] for row in cursor.fetchall()}
 
 
-def release(worker_id: str, item_ids: Iterable[int], *, db: str | None = None) -> int:
-    """Give items back now (a stopping worker); another worker may claim them at once."""
-    return _update_held(worker_id, item_ids, db, {"worker_id": "", "due_at": clock.now(), "claims": 0})
+def release(worker_id: str, item_ids: Iterable[int], *, db: str | None = None, keep_claims: bool = False) -> int:
+    """Give items back now (a stopping worker); another worker may claim them at once.
+
+    ``keep_claims``: the items failed rather than being put down, so their count of claims
+    without progress (which ends a run that keeps killing its worker) goes on.
+    """
+    fields = {"worker_id": "", "due_at": clock.now()}
+    if not keep_claims:
+        fields["claims"] = 0
+    return _update_held(worker_id, item_ids, db, fields)
 
 
 def _update_held(worker_id: str, item_ids: Iterable[int], db: str | None, fields: dict) -> int:

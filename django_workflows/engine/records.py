@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .. import jsonenc
+from .. import conf, jsonenc
 from ..errors import NonRetriableError
 
 
@@ -32,7 +32,11 @@ class StepOutputError(NonRetriableError):
 
 
 def json_round_trip(value: Any, *, what: str) -> Any:
-    """Return ``value`` as it reads back from the database, or raise ``StepOutputError``."""
+    """Return ``value`` as it reads back from the database, or raise ``StepOutputError``.
+
+    The output must be JSON and at most ``MAX_STEP_OUTPUT_BYTES`` long: every resume
+    loads it again, so a huge output would slow every later step of the run.
+    """
     try:
         text = jsonenc.dumps(value)
     except (TypeError, ValueError) as exc:
@@ -40,22 +44,63 @@ def json_round_trip(value: Any, *, what: str) -> Any:
             f"{what} returned a value that is not JSON ({exc}); return dicts, lists, strings, "
             "numbers, booleans or None (convert datetimes, Decimals and model instances first)"
         ) from None
+    except RecursionError:
+        raise StepOutputError(f"{what} returned a value nested too deeply to store as JSON") from None
+    limit = int(conf.get("MAX_STEP_OUTPUT_BYTES"))
+    if len(text) > limit:  # ASCII-only text: characters are bytes
+        raise StepOutputError(
+            f"{what} returned {len(text):,} bytes of JSON, over the limit of {limit:,} bytes "
+            "(DJANGO_WORKFLOWS['MAX_STEP_OUTPUT_BYTES']); store large data elsewhere "
+            "(a model, a file) and return its key"
+        )
     check_storable(text, what=f"{what} returned a value that")
     return json.loads(text)
 
 
 _NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL, not an escaped backslash + "u0000"
+# A surrogate escape that is not half of a pair: PostgreSQL refuses it in jsonb.
+_LONE_SURROGATE = re.compile(
+    r"(?<!\\)(?:\\\\)*(?:\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+)
 
 
 def check_storable(json_text: str, *, what: str) -> None:
-    """PostgreSQL's jsonb cannot hold the NUL character; refuse it on every database."""
+    """Refuse, on every database, what PostgreSQL's jsonb cannot hold: the NUL character
+    and lone surrogates (half of a UTF-16 pair, e.g. from bytes decoded with
+    ``surrogateescape``)."""
     if _NUL.search(json_text):
         raise StepOutputError(f"{what} contains a NUL character (\\u0000), which the database cannot store")
+    if _LONE_SURROGATE.search(json_text):
+        raise StepOutputError(
+            f"{what} contains a lone surrogate (a \\ud800-\\udfff character that is not half of a pair), "
+            "which the database cannot store; decode bytes with errors='replace'"
+        )
+
+
+def storable_text(text: str) -> str:
+    """``text`` with what the database cannot store escaped (NUL, lone surrogates)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def error_dict(exc: BaseException) -> dict[str, str]:
+    """An error as it is recorded; cleaned so that the database can always store it."""
+    try:
+        stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:  # a broken __str__ must not lose the error
+        stack = ""
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<{type(exc).__name__} whose str() failed>"
     return {
         "name": type(exc).__name__,
-        "message": str(exc),
-        "stack": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "message": storable_text(message),
+        "stack": storable_text(stack),
     }
