@@ -11,7 +11,7 @@ from .states import FINISHED_STATUSES, QueueKind, RunStatus, StepKind, StepStatu
 
 __all__ = [
     "Event", "Run", "Step", "QueueItem", "SeenEventId",
-    "Waiter", "WaitKey", "FunctionState", "CronSchedule",
+    "Waiter", "WaitKey", "FunctionState", "CronSchedule", "WorkerRecord",
     "RunStatus", "StepKind", "StepStatus", "QueueKind", "WaiterKind", "FINISHED_STATUSES",
 ]
 
@@ -78,6 +78,13 @@ class Run(models.Model):
     queued_at = models.DateTimeField()
     started_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
+    status_detail = models.CharField(
+        max_length=500, blank=True, default="",
+        help_text=_("Why an unfinished run is held back, e.g. no worker defines its function."),
+    )
+    held_since = models.DateTimeField(
+        null=True, blank=True, help_text=_("Since when the run has been held back for that reason.")
+    )
 
     class Meta:
         ordering = ["-queued_at"]
@@ -225,6 +232,24 @@ class FunctionState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.function_id} ({'paused' if self.paused else 'active'})"
+
+
+class WorkerRecord(models.Model):
+    """A live ``runworkers`` process: what it defines, and when it was last heard of.
+
+    During a rolling deploy old and new code run side by side: a cron schedule is removed
+    only when no live worker defines it any more.
+    """
+
+    id = models.CharField(max_length=64, primary_key=True)
+    hostname = models.CharField(max_length=255, blank=True, default="")
+    started_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField(db_index=True)
+    functions = models.JSONField(default=list, help_text=_("Ids of the functions this worker defines."))
+    schedules = models.JSONField(default=list, help_text=_("[function id, cron] pairs it defines."))
+
+    def __str__(self) -> str:
+        return self.id
 
 
 class CronSchedule(models.Model):

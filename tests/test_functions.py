@@ -294,16 +294,41 @@ def test_function_defined_with_a_system_event_trigger_runs_on_it():
 
 
 @pytest.mark.django_db
-def test_a_run_of_a_function_that_is_no_longer_defined_fails_clearly():
+def test_a_run_of_an_unknown_function_is_held_then_runs_where_it_is_defined():
+    """A rolling deploy: a worker without the function holds the run, visibly, and does not
+    fail it; once a worker defines the function again, it runs."""
+
     @wf.function(id="fn-gone", trigger="gone.go")
     def gone(ctx):
         return "ran"
 
     wf.send("gone.go")
     assert drain(max_jobs=1) == 1  # the run is queued
+    definition = registry.get("fn-gone")
     registry.unregister("fn-gone")
+    drain()
+    run = Run.objects.get(function_id="fn-gone")
+    assert run.status != "failed"
+    assert "waiting for a worker that defines function 'fn-gone'" in run.status_detail
+    assert run.held_since is not None
+    registry.register(definition)
     drain(advance_time=True)
+    run.refresh_from_db()
+    assert run.status == "completed" and run.output == "ran"
+    assert run.status_detail == "" and run.held_since is None
+
+
+@pytest.mark.django_db
+def test_a_run_of_a_function_gone_for_a_day_fails_clearly():
+    @wf.function(id="fn-gone", trigger="gone.go")
+    def gone(ctx):
+        return "ran"
+
+    wf.send("gone.go")
+    assert drain(max_jobs=1) == 1
+    registry.unregister("fn-gone")
+    drain(advance_time=True, max_jobs=2000)
     run = Run.objects.get(function_id="fn-gone")
     assert run.status == "failed"
     assert run.error["name"] == "UnknownFunctionError"
-    assert "'fn-gone'" in run.error["message"]
+    assert "'fn-gone'" in run.error["message"] and "1 day" in run.error["message"]

@@ -710,9 +710,9 @@ def test_heartbeat_extends_only_the_holders_lease(leased_run):
     item = leased_run
     before = QueueItem.objects.get(pk=item.id).due_at
     clock.advance_to(clock.now() + timedelta(seconds=10))
-    assert queue.heartbeat("someone-else", [item.id]) == 0
+    assert queue.heartbeat("someone-else", [item.id]) == set()
     assert QueueItem.objects.get(pk=item.id).due_at == before
-    assert queue.heartbeat("dead-worker", [item.id]) == 1
+    assert queue.heartbeat("dead-worker", [item.id]) == {item.id}
     extended = QueueItem.objects.get(pk=item.id).due_at
     assert extended > before
     assert abs((extended - clock.now() - _lease()).total_seconds()) < 2

@@ -25,6 +25,7 @@ from .queue import Claimed
 logger = logging.getLogger("django_workflows.worker")
 
 TIMER_EVENT = "workflows/scheduled.timer"
+UNKNOWN_SCHEDULE_RETRY = timedelta(seconds=30)
 
 
 def next_tick(trigger: TriggerCron, after: datetime) -> datetime:
@@ -50,12 +51,21 @@ def _trigger_for(schedule: CronSchedule) -> tuple[Function, TriggerCron] | None:
 
 def sync_schedules(db: str) -> int:
     """Make the database's schedules match the registered cron triggers; returns how many exist."""
+    from .registry import schedules_of_live_workers
+
     wanted = {(fn.id, trig.cron): trig for fn in registry.all() for trig in fn.cron_triggers}
     now = clock.now()
     existing = {(s.function_id, s.cron): s for s in CronSchedule.objects.using(db).all()}
-    for key in set(existing) - set(wanted):
-        logger.info("cron schedule %s %r is no longer defined; removing it", *key)
-        existing.pop(key).delete(using=db)
+    unknown = set(existing) - set(wanted)
+    if unknown:
+        # A rolling deploy: workers running other code may still define these.
+        defined_elsewhere = schedules_of_live_workers(db)
+        for key in unknown:
+            if key in defined_elsewhere:
+                existing.pop(key)  # not ours to fire, not ours to remove
+                continue
+            logger.info("cron schedule %s %r is defined by no live worker; removing it", *key)
+            existing.pop(key).delete(using=db)
     for key in set(wanted) - set(existing):
         try:
             with transaction.atomic(using=db):
@@ -110,7 +120,11 @@ def process_cron_item(item: Claimed, *, db: str) -> None:
     schedule = CronSchedule.objects.using(db).filter(pk=schedule_item.schedule_id).first()
     found = _trigger_for(schedule) if schedule else None
     if found is None:
-        QueueItem.objects.using(db).filter(pk=item.id, lease_token=item.token).delete()
+        # Another worker's code defines this schedule (a deploy in progress), or nobody's
+        # does and the next sync removes it: leave it for them, look again later.
+        QueueItem.objects.using(db).filter(pk=item.id, lease_token=item.token).update(
+            worker_id="", claims=0, due_at=clock.now() + UNKNOWN_SCHEDULE_RETRY
+        )
         return
     now = clock.now()
     fire_schedule(db, schedule.pk, now)

@@ -6,12 +6,11 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import datetime
-from typing import Any
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
-from django.db import DatabaseError, connections, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
 from django.db.models import Case, Value, When
 
 from .. import conf, jsonenc
@@ -22,10 +21,11 @@ from ..models import Event, QueueItem, Run, Step, Waiter
 from ..states import FINISHED_STATUSES, QueueKind, RunStatus, StepStatus, WaiterKind
 from . import clock, lifecycle
 from .executor import CheckpointFailed, LeaseLost, Outcome, execute
-from .queue import Claimed
+from .queue import Claimed, lease_duration
 from .records import StepRecord
 
 logger = logging.getLogger("django_workflows.worker")
+T = TypeVar("T")
 
 _QUEUE = QueueItem._meta.db_table
 _STEP = Step._meta.db_table
@@ -73,6 +73,7 @@ WITH started AS (
 )
 SELECT r.function_id, r.status, r.attempts, r.queued_at, r.started_at, r.parent_run_id, r.parent_step_id,
        r.batch_event_ids, r.event_id, e.name, e.data, e.ts, e.received_at, e.dedup_id,
+       r.status_detail, r.held_since,
        (SELECT json_agg(json_build_object(
             'step_id', s.step_id, 'kind', s.kind, 'status', s.status, 'output', s.output, 'error', s.error,
             'attempts', s.attempts, 'started_at', s.started_at, 'ended_at', s.ended_at,
@@ -108,11 +109,12 @@ def load_run(db: str, run_id: str, now: datetime) -> tuple[Run | None, dict[str,
     if row is None:
         return None, {}
     (function_id, status, attempts, queued_at, started_at, parent_run_id, parent_step_id,
-     batch_event_ids, event_id, name, data, ts, received_at, dedup_id, steps) = row
+     batch_event_ids, event_id, name, data, ts, received_at, dedup_id, status_detail, held_since, steps) = row
     run = Run(
         id=run_id, function_id=function_id, status=status, attempts=attempts, queued_at=queued_at,
         started_at=started_at, parent_run_id=parent_run_id, parent_step_id=parent_step_id,
         batch_event_ids=_decoded(batch_event_ids), event_id=event_id,
+        status_detail=status_detail, held_since=held_since,
     )
     if event_id is not None:
         run.event = Event(id=event_id, name=name, data=_decoded(data), ts=ts, received_at=received_at, dedup_id=dedup_id)
@@ -131,11 +133,18 @@ def _jsonb(value: Any) -> str | None:
     return None if value is None else jsonenc.dumps(value)
 
 
+# A lost connection (the database restarted, a backend was terminated) is worth retrying
+# on a new connection; anything else (a constraint, bad data) would fail the same way again.
+TRANSIENT_ERRORS = (OperationalError, InterfaceError)
+WRITE_RETRY_DELAYS = (0.1, 0.5, 1.0, 2.0, 4.0)
+
+
 class DatabaseCheckpointer:
     """Records a run's progress; each write first checks that this worker still holds the lease."""
 
     def __init__(
-        self, db: str, item: Claimed, run: Run, stopping: threading.Event | None, deadline: datetime | None = None
+        self, db: str, item: Claimed, run: Run, stopping: threading.Event | None, deadline: datetime | None = None,
+        lease_renewed_at: Callable[[], float] | None = None,
     ) -> None:
         self.db = db
         self.item = item
@@ -143,16 +152,40 @@ class DatabaseCheckpointer:
         self.run_id = str(run.pk)
         self.stopping = stopping
         self.deadline = deadline  # Timeouts(finish=...): never park past it
+        # When the worker last knew the lease was held (time.monotonic()); None: no lease
+        # to watch (drain() in tests).
+        self.lease_renewed_at = lease_renewed_at
+        self._confirmed_at = time.monotonic()
 
-    @contextmanager
-    def _fenced(self) -> Iterator[None]:
-        # Nested (an atomic step, or drain() inside a test's transaction): a savepoint, so
-        # that a refused write rolls back only itself; otherwise a plain short transaction.
-        nested = connections[self.db].in_atomic_block
-        try:
+    def _retrying(self, write: Callable[[], T]) -> T:
+        """Run a write; on a lost connection retry it on a new one (the lease still fences it)."""
+        for delay in (*WRITE_RETRY_DELAYS, None):
+            try:
+                return write()
+            except DatabaseError as exc:
+                connection = connections[self.db]
+                if delay is None or not isinstance(exc, TRANSIENT_ERRORS) or connection.in_atomic_block:
+                    raise CheckpointFailed(str(exc)) from exc
+                logger.warning(
+                    "run %s: recording progress failed (%s); retrying in %.1fs on a new connection",
+                    self.run_id, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, delay,
+                )
+                connection.close()
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _in_lease(self, write: Callable[[], T]) -> T:
+        """Run ``write`` in a transaction that first checks that this worker holds the lease.
+
+        Nested (an atomic step, or drain() inside a test's transaction): a savepoint, so that
+        a refused write rolls back only itself; otherwise a plain short transaction.
+        """
+
+        def attempt() -> T:
+            nested = connections[self.db].in_atomic_block
             with transaction.atomic(using=self.db, savepoint=nested):
-                # The UPDATE takes the item's row lock: a worker that took the item over
-                # has bumped the token, so a stale worker matches nothing and writes nothing.
+                # The UPDATE takes the item's row lock: a worker that took the item over has
+                # bumped the token, so a stale worker matches nothing and writes nothing.
                 held = (
                     QueueItem.objects.using(self.db)
                     .filter(pk=self.item.id, lease_token=self.item.token)
@@ -160,9 +193,28 @@ class DatabaseCheckpointer:
                 )
                 if not held:
                     raise LeaseLost()
-                yield
-        except DatabaseError as exc:
-            raise CheckpointFailed(str(exc)) from exc
+                return write()
+
+        return self._retrying(attempt)
+
+    def _check_lease(self) -> None:
+        """Before a step starts: if the lease may have lapsed (the worker was frozen, its
+        heartbeat failed), confirm and extend it, or stop: another worker may own the run."""
+        if self.lease_renewed_at is None:
+            return
+        known = max(self.lease_renewed_at(), self._confirmed_at)
+        if time.monotonic() - known < lease_duration().total_seconds() / 2:
+            return
+        lease_end = clock.now() + lease_duration()
+        renewed = self._retrying(
+            lambda: QueueItem.objects.using(self.db)
+            .filter(pk=self.item.id, lease_token=self.item.token)
+            .update(due_at=lease_end)
+        )
+        if not renewed:
+            logger.warning("run %s: lease lapsed while this worker was stalled; another worker has it", self.run_id)
+            raise LeaseLost()
+        self._confirmed_at = time.monotonic()
 
     def atomic(self) -> Any:
         return transaction.atomic(using=self.db)
@@ -175,6 +227,7 @@ class DatabaseCheckpointer:
             raise LeaseLost()
         if self.stopping is not None and self.stopping.is_set():
             raise Suspend(clock.now())  # worker is stopping: hand the run to another worker
+        self._check_lease()
 
     def _write_step(self, record: StepRecord) -> None:
         fields = {
@@ -188,16 +241,14 @@ class DatabaseCheckpointer:
             "scheduled_at": record.scheduled_at,
         }
         steps = Step.objects.using(self.db)
-        if record.stored:
-            steps.filter(run_id=self.run_id, step_id=record.step_id).update(**fields)
-        else:
+        # Update first: ``stored`` may be stale after a retried transaction rolled back.
+        if not steps.filter(run_id=self.run_id, step_id=record.step_id).update(**fields):
             steps.create(run_id=self.run_id, step_id=record.step_id, **fields)
-            record.stored = True
 
     def record_step(self, record: StepRecord) -> None:
         if connections[self.db].vendor != "postgresql":
-            with self._fenced():
-                self._write_step(record)
+            self._in_lease(lambda: self._write_step(record))
+            record.stored = True
             return
         params = [
             self.item.id, self.item.token, self.run_id, record.step_id, record.kind, record.status,
@@ -209,29 +260,33 @@ class DatabaseCheckpointer:
         record.stored = True
 
     def _execute(self, sql: str, params: list) -> Any:
-        try:
+        """One fenced statement (its CTE checks the lease token), retried on a new connection."""
+
+        def attempt() -> Any:
             with connections[self.db].cursor() as cursor:
                 cursor.execute(sql, params)
                 row = cursor.fetchone()
-        except DatabaseError as exc:
-            raise CheckpointFailed(str(exc)) from exc
-        return row[0] if row else None
+            return row[0] if row else None
+
+        return self._retrying(attempt)
 
     def suspend(self, signal: Suspend | None, *, until: datetime | None, run_attempts: int | None = None) -> None:
         if self.deadline is not None and (until is None or until > self.deadline):
             until = self.deadline
         now = clock.now()
-        with self._fenced():
-            if signal is not None:
-                until = self._start_effects(signal, now) or until
+
+        def write() -> None:
+            wake_at = (self._start_effects(signal, now) if signal is not None else None) or until
             if run_attempts is not None:
                 Run.objects.using(self.db).filter(pk=self.run_id).update(attempts=run_attempts)
             # Woken while we held it (an event, an invoked run or the last branch arrived):
             # due now instead of parked.
             QueueItem.objects.using(self.db).filter(pk=self.item.id).update(
                 worker_id="", claims=0, wake=False,
-                due_at=Case(When(wake=True, then=Value(now)), default=Value(until)),
+                due_at=Case(When(wake=True, then=Value(now)), default=Value(wake_at)),
             )
+
+        self._in_lease(write)
 
     def _start_effects(self, signal: Suspend, now: datetime) -> datetime | None:
         """Write what a suspending step starts; returns an earlier wake-up time if it needs one."""
@@ -278,13 +333,15 @@ class DatabaseCheckpointer:
             if not self._execute(_FINISH_POSTGRES, params):
                 raise LeaseLost()
             return
-        with self._fenced():
+        def write() -> None:
             Run.objects.using(self.db).filter(pk=self.run_id).update(
                 ended_at=clock.now(), status=status, output=output, error=error
             )
             QueueItem.objects.using(self.db).filter(run_id=self.run_id).delete()
             Waiter.objects.using(self.db).filter(run_id=self.run_id).delete()
             lifecycle.run_finished(self.db, self.run, output=output, error=error)
+
+        self._in_lease(write)
 
     def complete(self, output: Any) -> None:
         self._finish(output=output)
@@ -302,32 +359,36 @@ class DatabaseCheckpointer:
 
     def expire_wait(self, record: StepRecord) -> StepRecord:
         """The wait timed out, unless an event resolved it first (whoever deletes the waiter wins)."""
-        with self._fenced():
+        def write() -> bool:
             won = Waiter.objects.using(self.db).filter(run_id=self.run_id, step_id=record.step_id).delete()[0]
             if won:
                 record.status, record.output, record.ended_at = StepStatus.COMPLETED, None, clock.now()
                 self._write_step(record)
-                return record
-        return self._reload(record)
+            return bool(won)
+
+        return record if self._in_lease(write) else self._reload(record)
 
     def expire_invoke(self, record: StepRecord) -> StepRecord:
         """The invoke timed out, unless the invoked run finished first (compare-and-set on the step)."""
         error = {"name": "InvokeTimeoutError", "message": f"invoked run did not finish by {record.scheduled_at}", "stack": ""}
-        with self._fenced():
-            won = Step.objects.using(self.db).filter(
+        won = self._in_lease(
+            lambda: Step.objects.using(self.db).filter(
                 run_id=self.run_id, step_id=record.step_id, status=StepStatus.WAITING
             ).update(status=StepStatus.FAILED, error=error, ended_at=clock.now())
+        )
         return self._reload(record) if not won else StepRecord(**{**record.__dict__, "status": StepStatus.FAILED, "error": error})
 
     def branch_done(self) -> None:
         """Drop this branch's item; the last branch of a group wakes the run."""
-        with self._fenced():
+        def write() -> None:
             # Lock the run's item first so that two last branches cannot both miss each other.
             list(QueueItem.objects.using(self.db).select_for_update().filter(run_id=self.run_id, kind=QueueKind.RUN))
             QueueItem.objects.using(self.db).filter(pk=self.item.id).delete()
             others = QueueItem.objects.using(self.db).filter(run_id=self.run_id, kind=QueueKind.BRANCH).exists()
             if not others:
                 lifecycle.wake_run(self.db, self.run_id)
+
+        self._in_lease(write)
 
 
 def event_info(event: Event | None, fallback_ts: datetime) -> EventInfo:
@@ -357,18 +418,44 @@ def load_steps(db: str, run_id: str, step_id: str | None = None) -> dict[str, St
     }
 
 
-def process_run(item: Claimed, *, db: str, stopping: threading.Event | None = None) -> Outcome | None:
-    """Run or resume the run behind a claimed item (or one parallel branch of it)."""
+UNKNOWN_FUNCTION_RETRY = timedelta(seconds=60)
+UNKNOWN_FUNCTION_GIVE_UP = timedelta(hours=24)
+
+
+def process_run(
+    item: Claimed, *, db: str, stopping: threading.Event | None = None,
+    lease_renewed_at: Callable[[], float] | None = None,
+) -> Outcome | None:
+    """Run or resume the run behind a claimed item (or one parallel branch of it).
+
+    The engine's own signals never escape: a lost lease or a write the database refused
+    (after retries) ends this attempt, and the item is taken again once its lease lapses.
+    """
+    try:
+        return _process_run(item, db=db, stopping=stopping, lease_renewed_at=lease_renewed_at)
+    except LeaseLost:
+        return Outcome.LOST
+    except CheckpointFailed as exc:
+        logger.error("run %s: could not record progress (%s); it resumes when its lease lapses", item.run_id, exc)
+        connections[db].close()  # a broken connection must not fail the thread's next item
+        return None
+
+
+def _process_run(
+    item: Claimed, *, db: str, stopping: threading.Event | None, lease_renewed_at: Callable[[], float] | None
+) -> Outcome | None:
     now = clock.now()
     run, steps = load_run(db, str(item.run_id), now)
     if run is None or run.status in FINISHED_STATUSES:
         _drop(db, item)
         return None
-    checkpointer = DatabaseCheckpointer(db, item, run, stopping)
+    checkpointer = DatabaseCheckpointer(db, item, run, stopping, lease_renewed_at=lease_renewed_at)
     try:
         function = registry.get(run.function_id)
     except UnknownFunctionError as exc:
-        return _fail_early(checkpointer, run, "UnknownFunctionError", str(exc))
+        return _hold_for_unknown_function(checkpointer, run, now, str(exc))
+    if run.status_detail:
+        Run.objects.using(db).filter(pk=run.pk).update(status_detail="", held_since=None)
     max_crashes = int(conf.get("MAX_CRASHES"))
     if item.claims > max_crashes:
         return _fail_early(
@@ -384,19 +471,15 @@ def process_run(item: Claimed, *, db: str, stopping: threading.Event | None = No
     if function.timeouts is not None and function.timeouts.finish_delta is not None:
         checkpointer.deadline = run.started_at + function.timeouts.finish_delta
     started = time.monotonic()
-    try:
-        outcome = execute(
-            function,
-            run_id=str(run.pk),
-            events=[event_info(run.event, run.queued_at)],
-            steps=steps,
-            run_attempts=run.attempts,
-            checkpointer=checkpointer,
-            target_step=item.step_id if item.kind == QueueKind.BRANCH else None,
-        )
-    except CheckpointFailed as exc:
-        logger.error("run %s: could not record progress (%s); it resumes when its lease lapses", run.pk, exc)
-        return None
+    outcome = execute(
+        function,
+        run_id=str(run.pk),
+        events=[event_info(run.event, run.queued_at)],
+        steps=steps,
+        run_attempts=run.attempts,
+        checkpointer=checkpointer,
+        target_step=item.step_id if item.kind == QueueKind.BRANCH else None,
+    )
     if item.kind == QueueKind.BRANCH:
         return outcome
     elapsed = (time.monotonic() - started) * 1000
@@ -405,6 +488,31 @@ def process_run(item: Claimed, *, db: str, stopping: threading.Event | None = No
     elif outcome is Outcome.FAILED:
         logger.warning("run failed: %s %s", run.function_id, run.pk)
     return outcome
+
+
+def _hold_for_unknown_function(checkpointer: DatabaseCheckpointer, run: Run, now: datetime, message: str) -> Outcome:
+    """A run of a function this worker does not define: during a rolling deploy another
+    worker (newer or older code) may define it. Hold the run, say why, and try again
+    later; give up only after a day."""
+    held_since = run.held_since or now
+    if now - held_since >= UNKNOWN_FUNCTION_GIVE_UP:
+        return _fail_early(
+            checkpointer, run, "UnknownFunctionError",
+            f"{message}; no worker ran it for {UNKNOWN_FUNCTION_GIVE_UP} (since {held_since.isoformat()})",
+        )
+    retry_at = now + UNKNOWN_FUNCTION_RETRY
+    detail = f"waiting for a worker that defines function {run.function_id!r} (next try {retry_at.isoformat()})"
+    if not run.held_since:
+        logger.warning("run %s: %s; held, retried every %ss", run.pk, message, int(UNKNOWN_FUNCTION_RETRY.total_seconds()))
+
+    def write() -> None:
+        Run.objects.using(checkpointer.db).filter(pk=run.pk).update(status_detail=detail, held_since=held_since)
+        QueueItem.objects.using(checkpointer.db).filter(pk=checkpointer.item.id).update(
+            worker_id="", claims=0, due_at=retry_at
+        )
+
+    checkpointer._in_lease(write)
+    return Outcome.SUSPENDED
 
 
 def _timed_out(db: str, function: Any, run: Run, now: datetime) -> bool:

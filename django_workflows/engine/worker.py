@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from django.db import connections
 
@@ -18,6 +19,7 @@ from ..states import QueueKind
 from . import clock, cron, queue, retention, wakeup
 from .intake import process_events
 from .queue import Claimed
+from .registry import prune_records, registry_cleanup, registry_touch
 from .store import process_run
 
 logger = logging.getLogger("django_workflows.worker")
@@ -26,14 +28,21 @@ MIN_POLL = 0.05
 PRUNE_EVERY = 300.0  # seconds between retention passes of one worker
 
 
-def process_items(items: list[Claimed], *, db: str, stopping: threading.Event | None = None) -> None:
-    """Process claimed items: events together in one transaction, runs one by one."""
+def process_items(
+    items: list[Claimed], *, db: str, stopping: threading.Event | None = None,
+    lease_renewed_at: Callable[[int], float] | None = None,
+) -> None:
+    """Process claimed items: events together in one transaction, runs one by one.
+
+    ``lease_renewed_at(item_id)`` tells when the worker last knew it held an item's lease.
+    """
     events = [i for i in items if i.kind == QueueKind.EVENT]
     if events:
         process_events(events, db=db)
     for item in items:
         if item.kind in (QueueKind.RUN, QueueKind.BRANCH):
-            process_run(item, db=db, stopping=stopping)
+            renewed = (lambda item_id=item.id: lease_renewed_at(item_id)) if lease_renewed_at else None
+            process_run(item, db=db, stopping=stopping, lease_renewed_at=renewed)
         elif item.kind == QueueKind.CRON:
             cron.process_cron_item(item, db=db)
         elif item.kind != QueueKind.EVENT:
@@ -50,6 +59,9 @@ class Worker:
         self.wake = threading.Event()
         self._lock = threading.Lock()
         self._in_flight: dict[int, Claimed] = {}
+        # time.monotonic() when each in-flight item's lease was last known held (claim or
+        # heartbeat): a step does not start on a lease that may have lapsed.
+        self._renewed: dict[int, float] = {}
         self._tasks: stdlib_queue.SimpleQueue[list[Claimed] | None] = stdlib_queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self.processed = 0
@@ -57,6 +69,7 @@ class Worker:
         self._next_due = None  # earliest due_at seen by the last idle query
         self._stopped = threading.Event()  # set once shutdown is over: helper threads exit
         self._helpers: list[threading.Thread] = []
+        self._claim_backoff = 0.0  # seconds; > 0 while claims fail
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -81,12 +94,11 @@ class Worker:
         self._helpers = [threading.Thread(target=self._heartbeat_loop, name="wf-heartbeat", daemon=True)]
         if vendor == "postgresql" and conf.get("NOTIFY"):
             self._helpers.append(wakeup.Listener(self.db, self.wake, self._stopped))
-        for helper in self._helpers:
-            helper.start()
-        schedules = cron.sync_schedules(self.db)
-        if schedules:
-            logger.info("worker %s: %d cron schedules", self.id, schedules)
         try:
+            if not self._wait_for_database():
+                return
+            for helper in self._helpers:
+                helper.start()
             self._claim_loop()
         finally:
             self.shutdown()
@@ -105,12 +117,14 @@ class Worker:
             logger.warning("worker %s: released %d unfinished items after %.0fs grace", self.id, released, grace)
         for _ in self._threads:
             self._tasks.put(None)
+        registry_cleanup(self.db, self.id)
         if not left:
             for thread in self._threads:
                 thread.join(timeout=5)
         self._stopped.set()
         for helper in self._helpers:
-            helper.join(timeout=5)
+            if helper.ident is not None:  # started
+                helper.join(timeout=5)
         logger.info("worker %s stopped after %d items", self.id, self.processed)
 
     # -- loops -------------------------------------------------------------------------------
@@ -122,16 +136,20 @@ class Worker:
         woken = False
         while not self.stopping.is_set():
             self.wake.clear()
+            self._replace_dead_threads()
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_EVERY
                 self._prune()
+                self._sync_schedules()
             free = self.concurrency - len(self._in_flight)
             # --burst exits on an empty claim only if nothing was in flight before it: an item
             # that finishes after the claim may have made more work due.
             was_idle = not self._in_flight
             items = self._claim(free) if free > 0 else []
+            claimed_at = time.monotonic()
             with self._lock:
                 self._in_flight.update((item.id, item) for item in items)
+                self._renewed.update((item.id, claimed_at) for item in items)
             # New events go to one thread as a batch (one intake transaction); runs one each.
             events = [item for item in items if item.kind == QueueKind.EVENT]
             if events:
@@ -155,18 +173,27 @@ class Worker:
     def _prune(self) -> None:
         try:
             retention.prune(self.db)
+            prune_records(self.db)
         except Exception:
             logger.warning("worker %s: pruning old runs failed", self.id, exc_info=True)
             connections[self.db].close()
 
     def _claim(self, free: int) -> list[Claimed]:
         try:
-            return queue.claim(self.id, free, db=self.db)
-        except Exception:
-            logger.exception("worker %s: claim failed; retrying", self.id)
+            items = queue.claim(self.id, free, db=self.db)
+        except Exception as exc:
+            # The database is down or restarting: one line per attempt, backing off.
+            delay = min(max(self._claim_backoff * 2, 0.5), 10.0)
+            self._claim_backoff = delay
+            logger.warning("worker %s: cannot claim work (%s); retrying in %.1fs", self.id, _one_line(exc), delay)
+            logger.debug("claim failure", exc_info=True)
             connections[self.db].close()
-            time.sleep(1)
+            self.stopping.wait(delay)
             return []
+        if self._claim_backoff:
+            logger.info("worker %s: the database is back; claiming again", self.id)
+            self._claim_backoff = 0.0
+        return items
 
     def _idle_timeout(self, idle: float, free: int, *, query: bool) -> float:
         """Sleep until the earliest future item, at most ``idle`` (the poll interval so far)."""
@@ -184,9 +211,33 @@ class Worker:
     def _thread_loop(self) -> None:
         try:
             while (batch := self._tasks.get()) is not None:
-                self._process(batch)
+                try:
+                    self._process(batch)
+                except BaseException as exc:  # noqa: B036 - the thread must live on
+                    # Nothing a batch raises may end the thread: its items would stay
+                    # leased (the heartbeat renewing them) with no thread to run them.
+                    logger.critical(
+                        "worker %s: items %s raised %r; released for another attempt",
+                        self.id, [(item.id, item.kind) for item in batch], exc, exc_info=True,
+                    )
+                    self._release_failed(batch)
         finally:
             connections.close_all()  # this thread's connections
+
+    def _release_failed(self, batch: list[Claimed]) -> None:
+        try:
+            connections[self.db].close()
+            queue.release(self.id, [item.id for item in batch], db=self.db, keep_claims=True)
+        except Exception:
+            logger.warning("worker %s: could not release items; their leases lapse", self.id, exc_info=True)
+
+    def _replace_dead_threads(self) -> None:
+        """A thread that died anyway (a bug in the engine) is replaced, loudly."""
+        for index, thread in enumerate(self._threads):
+            if not thread.is_alive() and not self._stopped.is_set():
+                logger.critical("worker %s: thread %s died; starting a new one", self.id, thread.name)
+                self._threads[index] = threading.Thread(target=self._thread_loop, name=thread.name, daemon=True)
+                self._threads[index].start()
 
     def _process(self, batch: list[Claimed]) -> None:
         with self._lock:
@@ -195,7 +246,7 @@ class Worker:
             if batch[0].kind == QueueKind.EVENT and not self.stopping.is_set():
                 self._intake(batch)
             else:
-                process_items(batch, db=self.db, stopping=self.stopping)
+                process_items(batch, db=self.db, stopping=self.stopping, lease_renewed_at=self._lease_renewed_at)
         except Exception:
             logger.exception("worker %s: items %s failed unexpectedly; they are retried when their lease lapses",
                              self.id, [(item.id, item.kind) for item in batch])
@@ -204,6 +255,7 @@ class Worker:
             with self._lock:
                 for item in batch:
                     self._in_flight.pop(item.id, None)
+                    self._renewed.pop(item.id, None)
                 self.processed += len(batch)
                 self._running -= 1
             self.wake.set()
@@ -213,8 +265,10 @@ class Worker:
         with self._lock:
             idle = self.concurrency - self._running + 1  # this thread is free after intake
         kept = process_events(batch, db=self.db, keep_for=self.id, keep_max=max(idle, 0))
+        kept_at = time.monotonic()
         with self._lock:
             self._in_flight.update((item.id, item) for item in kept)
+            self._renewed.update((item.id, kept_at) for item in kept)
         for item in kept:
             self._tasks.put([item])
 
@@ -225,12 +279,59 @@ class Worker:
             while not self._stopped.wait(interval):
                 with self._lock:
                     ids = list(self._in_flight)
-                if not ids:
-                    continue
                 try:
-                    queue.heartbeat(self.id, ids, db=self.db)
-                except Exception:
-                    logger.warning("worker %s: heartbeat failed", self.id, exc_info=True)
+                    clock.sync(self.db)
+                    beat_at = time.monotonic()
+                    renewed = queue.heartbeat(self.id, ids, db=self.db) if ids else set()
+                    with self._lock:
+                        for item_id in renewed & self._renewed.keys():
+                            self._renewed[item_id] = beat_at
+                    registry_touch(self.db, self.id)
+                except Exception as exc:
+                    logger.warning("worker %s: heartbeat failed (%s)", self.id, _one_line(exc))
                     connections[self.db].close()
         finally:
             connections.close_all()
+
+    def _lease_renewed_at(self, item_id: int) -> float:
+        return self._renewed.get(item_id, 0.0)
+
+    def _wait_for_database(self) -> bool:
+        """Start even if the database is down: retry with backoff, one line per attempt,
+        for up to ``STARTUP_TIMEOUT`` seconds. Returns False if it gave up or was stopped."""
+        give_up = time.monotonic() + float(conf.get("STARTUP_TIMEOUT"))
+        delay = 0.5
+        while not self.stopping.is_set():
+            try:
+                clock.sync(self.db)
+                schedules = cron.sync_schedules(self.db)
+                registry_touch(self.db, self.id, started=True)
+                if schedules:
+                    logger.info("worker %s: %d cron schedules", self.id, schedules)
+                return True
+            except Exception as exc:
+                connections[self.db].close()
+                if time.monotonic() + delay > give_up:
+                    logger.error(
+                        "worker %s: the database is still unreachable after STARTUP_TIMEOUT (%ss): %s; giving up",
+                        self.id, conf.get("STARTUP_TIMEOUT"), _one_line(exc),
+                    )
+                    raise
+                logger.warning(
+                    "worker %s: the database is unreachable (%s); retrying in %.1fs", self.id, _one_line(exc), delay
+                )
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 15.0)
+        return False
+
+    def _sync_schedules(self) -> None:
+        try:
+            cron.sync_schedules(self.db)
+        except Exception as exc:
+            logger.warning("worker %s: syncing cron schedules failed (%s)", self.id, _one_line(exc))
+            connections[self.db].close()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
