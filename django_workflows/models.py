@@ -30,6 +30,10 @@ class Event(models.Model):
         default="",
         help_text=_("The sender's event id: a repeat within 24 h is stored but triggers nothing."),
     )
+    error = models.JSONField(
+        null=True, blank=True, encoder=ExactJSONEncoder,
+        help_text=_("Why taking this event in failed for good (name, message, stack); it triggered nothing."),
+    )
 
     class Meta:
         ordering = ["-received_at"]

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from django.db import IntegrityError, connections, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, connections, transaction
 
+from .. import conf
 from ..functions import Function, registry
 from ..models import Event, QueueItem, Run, SeenEventId, Waiter
 from ..states import WaiterKind
 from . import clock, lifecycle, wakeup
 from .queue import Claimed
+from .records import error_dict
 
 logger = logging.getLogger("django_workflows.worker")
 
@@ -20,6 +22,48 @@ DEDUP_WINDOW = timedelta(hours=24)
 
 def process_events(
     items: list[Claimed], *, db: str, keep_for: str | None = None, keep_max: int = 0
+) -> list[Claimed]:
+    """Take in a batch of events; one bad event never holds up the others.
+
+    If the batch fails (not for a lost connection: that is retried when the leases lapse),
+    its events are taken in one at a time, and the one that fails is set aside with its
+    error on ``Event.error``: it triggers nothing and is never retried. So is an event
+    whose intake killed its worker ``MAX_CRASHES`` times.
+    """
+    max_crashes = int(conf.get("MAX_CRASHES"))
+    for item in [i for i in items if i.claims > max_crashes]:
+        _set_aside(db, item, {
+            "name": "WorkerCrashError", "stack": "",
+            "message": f"taking this event in stopped its worker {item.claims - 1} times (MAX_CRASHES is {max_crashes})",
+        })
+        items = [i for i in items if i is not item]
+    if not items:
+        return []
+    try:
+        return _process_batch(items, db=db, keep_for=keep_for, keep_max=keep_max)
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception as exc:
+        if len(items) == 1:
+            _set_aside(db, items[0], error_dict(exc))
+            return []
+        logger.warning("a batch of %d events failed (%r); taking them in one at a time", len(items), exc)
+    kept: list[Claimed] = []
+    for item in items:
+        kept += process_events([item], db=db, keep_for=keep_for, keep_max=max(keep_max - len(kept), 0))
+    return kept
+
+
+def _set_aside(db: str, item: Claimed, error: dict) -> None:
+    """Give up on one event: record why, drop its queue item (if this worker still holds it)."""
+    logger.error("event %s set aside, it triggers nothing: %s: %s", item.event_id, error["name"], error["message"])
+    with transaction.atomic(using=db):
+        if QueueItem.objects.using(db).filter(pk=item.id, lease_token=item.token).delete()[0]:
+            Event.objects.using(db).filter(pk=_pk(item.event_id)).update(error=error)
+
+
+def _process_batch(
+    items: list[Claimed], *, db: str, keep_for: str | None, keep_max: int
 ) -> list[Claimed]:
     """Resume waits, apply cancellations and start the runs that ``items``' events trigger.
 

@@ -211,16 +211,26 @@ class Worker:
     def _thread_loop(self) -> None:
         try:
             while (batch := self._tasks.get()) is not None:
+                with self._lock:
+                    self._running += 1
                 try:
                     self._process(batch)
                 except BaseException as exc:  # noqa: B036 - the thread must live on
-                    # Nothing a batch raises may end the thread: its items would stay
-                    # leased (the heartbeat renewing them) with no thread to run them.
-                    logger.critical(
-                        "worker %s: items %s raised %r; released for another attempt",
-                        self.id, [(item.id, item.kind) for item in batch], exc, exc_info=True,
-                    )
+                    # Nothing a batch raises may end the thread or leave its items leased
+                    # (the heartbeat renewing them) with no thread to run them: give them
+                    # back at once, keeping their count of claims without progress.
+                    log = logger.error if isinstance(exc, Exception) else logger.critical
+                    log("worker %s: items %s raised %r; released for another attempt",
+                        self.id, [(item.id, item.kind) for item in batch], exc, exc_info=True)
                     self._release_failed(batch)
+                finally:
+                    with self._lock:
+                        for item in batch:
+                            self._in_flight.pop(item.id, None)
+                            self._renewed.pop(item.id, None)
+                        self.processed += len(batch)
+                        self._running -= 1
+                    self.wake.set()
         finally:
             connections.close_all()  # this thread's connections
 
@@ -240,25 +250,10 @@ class Worker:
                 self._threads[index].start()
 
     def _process(self, batch: list[Claimed]) -> None:
-        with self._lock:
-            self._running += 1
-        try:
-            if batch[0].kind == QueueKind.EVENT and not self.stopping.is_set():
-                self._intake(batch)
-            else:
-                process_items(batch, db=self.db, stopping=self.stopping, lease_renewed_at=self._lease_renewed_at)
-        except Exception:
-            logger.exception("worker %s: items %s failed unexpectedly; they are retried when their lease lapses",
-                             self.id, [(item.id, item.kind) for item in batch])
-            connections[self.db].close()
-        finally:
-            with self._lock:
-                for item in batch:
-                    self._in_flight.pop(item.id, None)
-                    self._renewed.pop(item.id, None)
-                self.processed += len(batch)
-                self._running -= 1
-            self.wake.set()
+        if batch[0].kind == QueueKind.EVENT and not self.stopping.is_set():
+            self._intake(batch)
+        else:
+            process_items(batch, db=self.db, stopping=self.stopping, lease_renewed_at=self._lease_renewed_at)
 
     def _intake(self, batch: list[Claimed]) -> None:
         """Take in events and keep as many of the new runs as there are idle threads."""
