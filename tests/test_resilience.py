@@ -341,7 +341,10 @@ def test_send_stamps_events_with_the_database_clock(monkeypatch):
 
 
 @pytest.mark.django_db
-def test_a_starting_worker_waits_for_the_database(monkeypatch, caplog):
+def test_a_starting_worker_waits_for_the_database(monkeypatch, caplog, settings):
+    settings.DJANGO_WORKFLOWS = {**settings.DJANGO_WORKFLOWS, "STARTUP_TIMEOUT": 30}
+    # The worker closes its broken connection; here that would end the test's transaction.
+    monkeypatch.setattr(connections["default"], "close", lambda: None)
     real = cron.sync_schedules
     failures = []
 
@@ -367,6 +370,7 @@ def test_a_starting_worker_waits_for_the_database(monkeypatch, caplog):
 @pytest.mark.django_db
 def test_a_starting_worker_gives_up_after_startup_timeout(monkeypatch, settings):
     settings.DJANGO_WORKFLOWS = {**settings.DJANGO_WORKFLOWS, "STARTUP_TIMEOUT": 0.6}
+    monkeypatch.setattr(connections["default"], "close", lambda: None)
     monkeypatch.setattr(cron, "sync_schedules", lambda db: (_ for _ in ()).throw(OperationalError("down")))
     with pytest.raises(OperationalError):
         Worker(concurrency=1).run()
@@ -409,3 +413,24 @@ def test_workers_record_what_they_define():
     record = WorkerRecord.objects.get(pk="w-1")
     assert "rs-nightly" in record.functions and ["rs-nightly", "0 3 * * *"] in record.schedules
     registry.unregister("rs-nightly")
+
+
+# -- 10. large sends ---------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_large_send_stores_every_event_exactly_and_in_order():
+    from django_workflows.events import COPY_THRESHOLD
+
+    count = COPY_THRESHOLD + 100  # PostgreSQL takes these through COPY
+    ids = wf.send([
+        wf.Event(name="rs.bulk", data={"n": n, "x": 0.1, "big": 1e20, "s": "é\\\"'\t"}, id=f"k{n}")
+        for n in range(count)
+    ])
+    assert len(ids) == len(set(ids)) == count
+    events = list(Event.objects.filter(name="rs.bulk").order_by("received_at"))
+    assert [str(e.pk) for e in events] == ids
+    assert [e.data["n"] for e in events] == list(range(count))
+    assert events[0].data == {"n": 0, "x": 0.1, "big": 1e20, "s": "é\\\"'\t"}
+    assert isinstance(events[0].data["big"], float) and events[5].dedup_id == "k5"
+    assert QueueItem.objects.filter(kind="event", event__name="rs.bulk").count() == count
