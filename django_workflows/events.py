@@ -158,7 +158,7 @@ def _copy_rows(db: str, rows: list[tuple]) -> None:
         with raw.copy(f"COPY {quote(EventRow._meta.db_table)} ({columns}) FROM STDIN") as copy:
             for id_, name, data, ts, received, dedup in rows:
                 copy.write_row((id_, name, jsonenc.dumps(data), ts, received, dedup))
-        columns = "kind, event_id, step_id, due_at, worker_id, lease_token, claims, wake"
+        columns = "kind, event_id, function_id, step_id, due_at, worker_id, lease_token, claims, wake"
         with raw.copy(f"COPY {quote(QueueItem._meta.db_table)} ({columns}) FROM STDIN") as copy:
             for row in rows:
-                copy.write_row((QueueKind.EVENT.value, row[0], "", row[4], "", 0, 0, False))
+                copy.write_row((QueueKind.EVENT.value, row[0], "", "", row[4], "", 0, 0, False))

@@ -155,12 +155,26 @@ class QueueItem(models.Model):
     schedule = models.ForeignKey(
         "CronSchedule", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
     )
+    function_id = models.CharField(
+        max_length=255, blank=True, default="",
+        help_text=_("The run's function ('' for events): claims take turns between functions."),
+    )
 
     class Meta:
         db_table = "django_workflows_queue"
         indexes = [
             models.Index(
                 fields=["due_at"], name="wf_queue_due_idx", condition=models.Q(due_at__isnull=False)
+            ),
+            # Fair claims: a skip scan over the functions, then each one's oldest due items.
+            models.Index(
+                fields=["function_id", "due_at", "id"], name="wf_queue_fair_idx",
+                condition=models.Q(due_at__isnull=False),
+            ),
+            # Leased items (few): lapsed leases are taken over before any backlog.
+            models.Index(
+                fields=["due_at"], name="wf_queue_leased_idx",
+                condition=models.Q(due_at__isnull=False) & ~models.Q(worker_id=""),
             ),
         ]
         constraints = [

@@ -434,3 +434,47 @@ def test_a_large_send_stores_every_event_exactly_and_in_order():
     assert events[0].data == {"n": 0, "x": 0.1, "big": 1e20, "s": "é\\\"'\t"}
     assert isinstance(events[0].data["big"], float) and events[5].dedup_id == "k5"
     assert QueueItem.objects.filter(kind="event", event__name="rs.bulk").count() == count
+
+
+# -- 9. fair claiming ----------------------------------------------------------------------------
+
+
+def _backlog(function_id: str, count: int, due, kind: str = "run") -> None:
+    QueueItem.objects.bulk_create(
+        [QueueItem(kind=kind, function_id=function_id, due_at=due) for _ in range(count)]
+    )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("flood_kind, flood_function", [("run", "flooded"), ("event", "")], ids=["runs", "events"])
+def test_a_backlog_of_one_function_does_not_delay_another(flood_kind, flood_function):
+    now = clock.now()
+    _backlog(flood_function, 500, now - timedelta(minutes=5), kind=flood_kind)
+    _backlog("other", 1, now)
+    claimed = queue.claim("w", 4)
+    assert len(claimed) == 4
+    other = QueueItem.objects.get(function_id="other")
+    assert other.pk in {item.id for item in claimed}, "the other function waited behind the backlog"
+
+
+@pytest.mark.django_db
+def test_functions_take_turns_in_a_claim():
+    now = clock.now()
+    for name in ("a", "b", "c"):
+        _backlog(name, 10, now - timedelta(seconds=1))
+    claimed = queue.claim("w", 6)
+    functions = sorted(QueueItem.objects.filter(pk__in=[i.id for i in claimed]).values_list("function_id", flat=True))
+    assert functions == ["a", "a", "b", "b", "c", "c"]
+
+
+@pytest.mark.django_db
+def test_a_lapsed_lease_is_taken_over_before_the_backlog():
+    now = clock.now()
+    _backlog("flooded", 500, now - timedelta(minutes=5))
+    lapsed = QueueItem.objects.create(
+        kind="run", function_id="crashed", due_at=now - timedelta(seconds=1), worker_id="dead-worker", lease_token=3
+    )
+    (first,) = queue.claim("w", 1)
+    assert first.id == lapsed.pk and first.token == 4
+    leased = QueueItem.objects.create(kind="run", function_id="busy", due_at=now + timedelta(seconds=30), worker_id="alive")
+    assert leased.pk not in {i.id for i in queue.claim("w", 1000)}, "a lease still running is never claimed"

@@ -74,7 +74,7 @@ def sync_schedules(db: str) -> int:
             existing[key] = CronSchedule.objects.using(db).get(function_id=key[0], cron=key[1])
     QueueItem.objects.using(db).bulk_create(
         [
-            QueueItem(kind=QueueKind.CRON, schedule=schedule, due_at=next_tick(wanted[key], now))
+            QueueItem(kind=QueueKind.CRON, schedule=schedule, function_id=key[0], due_at=next_tick(wanted[key], now))
             for key, schedule in existing.items()
         ],
         ignore_conflicts=True,  # one item per schedule (unique constraint)

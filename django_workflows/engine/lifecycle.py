@@ -94,10 +94,13 @@ def insert_runs(
     items, kept = [], []
     for run, due in pairs:
         if keep_for and len(kept) < keep_max and due <= now:
-            item = QueueItem(kind=QueueKind.RUN, run=run, due_at=lease_end, worker_id=keep_for, lease_token=1, claims=1)
+            item = QueueItem(
+                kind=QueueKind.RUN, run=run, function_id=run.function_id, due_at=lease_end,
+                worker_id=keep_for, lease_token=1, claims=1,
+            )
             kept.append(item)
         else:
-            item = QueueItem(kind=QueueKind.RUN, run=run, due_at=due)
+            item = QueueItem(kind=QueueKind.RUN, run=run, function_id=run.function_id, due_at=due)
         items.append(item)
     QueueItem.objects.using(db).bulk_create(items)
     waiters = [w for run, _ in pairs for w in cancel_waiters(run)]

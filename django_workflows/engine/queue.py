@@ -19,27 +19,61 @@ from . import clock
 
 TABLE = "django_workflows_queue"
 
+# Fair claiming. One function's backlog (a flood of events, a fan-out of 100,000 runs)
+# must not delay every other function's work, and a lapsed lease (a dead worker's run)
+# must not wait behind a backlog. So a claim takes, in this order: lapsed leases; then
+# the functions' due items in turns (each function's oldest first, then each one's
+# second ...), events counting as one more function (''). A skip scan over the
+# (function_id, due_at) index lists the functions with queued items, so the cost grows
+# with the number of functions, not with the backlog. The CTE fences the LIMIT; rows
+# locked but not chosen are unlocked when the statement ends (it runs in autocommit).
 _CLAIM_POSTGRES = f"""
-WITH due AS (
-    SELECT id FROM {TABLE}
-    WHERE due_at IS NOT NULL AND due_at <= %s
-    ORDER BY due_at, id
-    LIMIT %s
+WITH RECURSIVE functions(fid) AS (
+    (SELECT function_id FROM {TABLE} WHERE due_at IS NOT NULL ORDER BY function_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT q.function_id FROM {TABLE} q
+            WHERE q.due_at IS NOT NULL AND q.function_id > functions.fid ORDER BY q.function_id LIMIT 1)
+    FROM functions WHERE functions.fid IS NOT NULL
+), lapsed AS (
+    SELECT id, due_at FROM {TABLE}
+    WHERE due_at IS NOT NULL AND due_at <= %(now)s AND worker_id <> ''
+    ORDER BY due_at LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), per_function AS (
+    SELECT f.fid, c.id, c.due_at FROM functions f CROSS JOIN LATERAL (
+        SELECT id, due_at FROM {TABLE}
+        WHERE function_id = f.fid AND due_at IS NOT NULL AND due_at <= %(now)s AND worker_id = ''
+        ORDER BY due_at, id LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) c
+    WHERE f.fid IS NOT NULL
+), turns AS (
+    SELECT id, due_at, 0 AS turn FROM lapsed
+    UNION ALL
+    SELECT id, due_at, row_number() OVER (PARTITION BY fid ORDER BY due_at, id) FROM per_function
+), chosen AS (
+    SELECT id FROM turns ORDER BY turn, due_at, id LIMIT %(limit)s
 )
 UPDATE {TABLE} AS q
-SET worker_id = %s, due_at = %s, lease_token = q.lease_token + 1, claims = q.claims + 1
-FROM due WHERE q.id = due.id
+SET worker_id = %(worker)s, due_at = %(lease_end)s, lease_token = q.lease_token + 1, claims = q.claims + 1
+FROM chosen WHERE q.id = chosen.id
 RETURNING q.id, q.kind, q.run_id, q.event_id, q.step_id, q.lease_token, q.claims
 """
 
 # SQLite has one writer at a time, so a single UPDATE ... WHERE id IN (...) is the
-# compare-and-set: no other connection can claim the same rows in between.
+# compare-and-set: no other connection can claim the same rows in between. Same order as
+# on PostgreSQL (SQLite is for development: a window over the due items is fine there).
 _CLAIM_SQLITE = f"""
 UPDATE {TABLE}
-SET worker_id = %s, due_at = %s, lease_token = lease_token + 1, claims = claims + 1
+SET worker_id = %(worker)s, due_at = %(lease_end)s, lease_token = lease_token + 1, claims = claims + 1
 WHERE id IN (
-    SELECT id FROM {TABLE} WHERE due_at IS NOT NULL AND due_at <= %s ORDER BY due_at, id LIMIT %s
+    SELECT id FROM (
+        SELECT id, due_at,
+               CASE WHEN worker_id <> '' THEN 0
+                    ELSE row_number() OVER (PARTITION BY function_id, worker_id <> '' ORDER BY due_at, id)
+               END AS turn
+        FROM {TABLE} WHERE due_at IS NOT NULL AND due_at <= %(now)s
+    ) ORDER BY turn, due_at, id LIMIT %(limit)s
 )
 RETURNING id, kind, run_id, event_id, step_id, lease_token, claims
 """
@@ -73,11 +107,10 @@ def claim(worker_id: str, limit: int, *, db: str | None = None) -> list[Claimed]
     now = clock.now()
     lease_end = _db_value(db, now + lease_duration())
     # One statement: in autocommit it is its own transaction (no BEGIN/COMMIT round trips).
+    postgres = connection.vendor == "postgresql"
+    params = {"now": now if postgres else _db_value(db, now), "limit": limit, "worker": worker_id, "lease_end": lease_end}
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(_CLAIM_POSTGRES, [now, limit, worker_id, lease_end])
-        else:
-            cursor.execute(_CLAIM_SQLITE, [worker_id, lease_end, _db_value(db, now), limit])
+        cursor.execute(_CLAIM_POSTGRES if postgres else _CLAIM_SQLITE, params)
         rows = cursor.fetchall()
     return [
         Claimed(

@@ -317,7 +317,10 @@ class DatabaseCheckpointer:
                 .values_list("step_id", flat=True)
             )
             QueueItem.objects.using(self.db).bulk_create([
-                QueueItem(kind=QueueKind.BRANCH, run_id=self.run_id, step_id=sid, due_at=now)
+                QueueItem(
+                    kind=QueueKind.BRANCH, run_id=self.run_id, function_id=self.run.function_id,
+                    step_id=sid, due_at=now,
+                )
                 for sid in signal.branches if sid not in existing
             ])
         return None
