@@ -38,6 +38,10 @@ class Event(models.Model):
     class Meta:
         ordering = ["-received_at"]
         verbose_name = _("event")
+        indexes = [
+            # A waiter that begins looks back at the events of its name taken in since.
+            models.Index(fields=["name", "received_at"], name="wf_event_name_received_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.id})"

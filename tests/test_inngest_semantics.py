@@ -402,3 +402,111 @@ def test_replaying_a_live_run_is_refused():
     wf.cancel(run.pk)
     again = wf.replay(run.pk)
     assert again.replay_of_id == run.pk
+
+
+# -- 2b. events taken in by another worker while a waiter is being registered ------------------
+
+
+def test_a_cancel_taken_in_while_its_run_was_being_started_still_cancels(monkeypatch):
+    """Another worker takes in the cancel event after the trigger's intake looked for
+    waiters and before it stored the new run's cancel rule."""
+    from django_workflows.engine import lifecycle
+
+    sent: list = []
+    define_drip(sent)
+    wf.send("user.signup", data={"email": "race@example.com"})
+    trigger_batch = claim_all("worker-a")
+    wf.send("user.deleted", data={"email": "race@example.com"})
+    real_insert = lifecycle.insert_runs
+
+    def insert_after_the_other_worker(db, pairs, **kwargs):
+        # The other worker's whole intake happens here: it finds no cancel rule yet.
+        process_events(claim_all("worker-b"), db=db)
+        return real_insert(db, pairs, **kwargs)
+
+    monkeypatch.setattr(lifecycle, "insert_runs", insert_after_the_other_worker)
+    process_events(trigger_batch, db="default")
+    monkeypatch.undo()
+    assert Run.objects.get(function_id="drip").status == "cancelled"
+    drain(advance_time=True)
+    assert sent == []
+
+
+def test_an_event_taken_in_while_a_wait_was_beginning_resolves_it(monkeypatch):
+    from django_workflows.engine import lifecycle
+
+    @wf.function(id="approval", trigger="doc.submitted")
+    def approval(ctx):
+        answer = ctx.step.wait_for_event("approved", event="doc.approved", match="data.doc", timeout="1d")
+        return None if answer is None else answer.data["by"]
+
+    wf.send("doc.submitted", data={"doc": 7})
+    drain(batch_size=1, max_jobs=1)  # the trigger: the run is queued
+    real_add = lifecycle.add_waiters
+
+    def add_after_the_event(db, waiters):
+        if waiters and waiters[0].kind == "wait":
+            wf.send("doc.approved", data={"doc": 7, "by": "ada"})
+            process_events([i for i in claim_all("worker-b") if i.kind == "event"], db=db)
+        return real_add(db, waiters)
+
+    monkeypatch.setattr(lifecycle, "add_waiters", add_after_the_event)
+    drain(batch_size=1, max_jobs=1)  # the run reaches the wait; the event arrives meanwhile
+    monkeypatch.undo()
+    drain()
+    run = Run.objects.get(function_id="approval")
+    assert run.status == "completed" and run.output == "ada"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_intakes_of_a_trigger_and_its_cancel_on_postgres():
+    """Two threads, two connections: the trigger's intake is inside its transaction when the
+    cancel's intake starts; whichever order they commit in, the run ends cancelled."""
+    import threading
+
+    from django.db import connections
+
+    from django_workflows.engine import intake as intake_module
+
+    sent: list = []
+    define_drip(sent)
+    wf.send("user.signup", data={"email": "two@example.com"})
+    trigger_batch = queue.claim("worker-a", 10)
+    wf.send("user.deleted", data={"email": "two@example.com"})
+    cancel_batch = queue.claim("worker-b", 10)
+    paused, go_on = threading.Event(), threading.Event()
+    real_take = intake_module._take
+
+    def slow_take(db, items):
+        taken = real_take(db, items)
+        if threading.current_thread().name == "worker-a":
+            paused.set()
+            go_on.wait(10)
+        return taken
+
+    intake_module._take = slow_take
+    errors: list = []
+
+    def run(batch):
+        try:
+            process_events(batch, db="default")
+        except Exception as exc:  # reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    try:
+        a = threading.Thread(target=run, args=(trigger_batch,), name="worker-a")
+        b = threading.Thread(target=run, args=(cancel_batch,), name="worker-b")
+        a.start()
+        assert paused.wait(10)
+        b.start()
+        b.join(0.5)  # without the name locks, b would finish here, before a's run exists
+        go_on.set()
+        a.join(10)
+        b.join(10)
+    finally:
+        intake_module._take = real_take
+    assert not errors
+    assert Run.objects.get(function_id="drip").status == "cancelled"

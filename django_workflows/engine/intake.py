@@ -76,6 +76,8 @@ def _process_batch(
     """
     events = Event.objects.using(db).in_bulk([i.event_id for i in items])
     with transaction.atomic(using=db):
+        names = {event.name for event in events.values()}
+        lifecycle.lock_event_names(db, shared=names, exclusive=lifecycle.cancel_rule_names(names))
         mine = _take(db, items)
         received = sorted(
             (event for item in mine if (event := events.get(_pk(item.event_id))) is not None),
@@ -113,6 +115,7 @@ class _NewRuns:
         self.pending: list[tuple[Run, datetime]] = []
         self.pending_ids: set = set()
         self.rules: list[Waiter] = []
+        self.new_rules: list[Waiter] = []  # of the runs not inserted yet
         self.kept: list[Claimed] = []
         self.started = 0
 
@@ -120,7 +123,9 @@ class _NewRuns:
         run = lifecycle.new_run(function, event, now=self.now)
         self.pending.append((run, max(event.ts, self.now)))
         self.pending_ids.add(run.pk)
-        self.rules.extend(lifecycle.cancel_waiters(run))
+        rules = lifecycle.cancel_waiters(run)
+        self.rules.extend(rules)
+        self.new_rules.extend(rules)
 
     def cancel_rules_matching(self, event: Event) -> list[Waiter]:
         return [rule for rule in self.rules if lifecycle.waiter_accepts(rule, event)]
@@ -132,6 +137,11 @@ class _NewRuns:
         self.kept += lifecycle.insert_runs(self.db, self.pending, keep_for=self.keep_for, keep_max=room)
         self.started += len(self.pending)
         self.pending, self.pending_ids = [], set()
+        # A cancel event taken in by another worker while these runs were being started
+        # (see lifecycle.lock_event_names): apply it now.
+        for rule, event in lifecycle.taken_in_matches(self.db, self.new_rules, clock.now()):
+            lifecycle.cancel_run(self.db, rule.run_id, reason=f"cancelled by event {event.name} {event.pk}")
+        self.new_rules = []
 
 
 def _apply(db: str, batch: _NewRuns, waiter: Waiter, event: Event) -> None:

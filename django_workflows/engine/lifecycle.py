@@ -5,17 +5,18 @@ Every function here runs inside the caller's transaction on the workflows databa
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
 from django.db import connections
-from django.db.models import Case, F, Q, Value, When
+from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
 
 from ..expressions import Expression, canonical_json
 from ..functions import Function, registry
-from ..models import Event, FunctionState, QueueItem, Run, Step, Waiter, WaitKey
+from ..models import Event, FunctionState, QueueItem, Run, SeenEventId, Step, Waiter, WaitKey
 from ..states import FINISHED_STATUSES, QueueKind, RunStatus, StepStatus, WaiterKind
 from . import clock
 from .queue import Claimed, lease_duration
@@ -247,6 +248,75 @@ def _waiter_matches(waiter: Waiter, event: Event) -> bool:
         # No run id in ``where``: it is the warning throttle's key, shared by every waiting run.
         where=f"{waiter.kind} on {waiter.event_name!r} if_exp", event_id=event.pk,
     )
+
+
+# -- events taken in while a waiter was being registered -----------------------------------------
+#
+# Intake matches each event against the waiters that exist when it runs. A waiter that is
+# registered at the same moment in another transaction (a run started with cancel rules, a
+# wait_for_event that begins) cannot see an event taken in concurrently, nor be seen by it.
+# So on PostgreSQL intake holds a shared advisory lock on each event name of its batch,
+# and registering a waiter takes an exclusive one on its event name: registration waits
+# for intakes of that name in flight to commit, then looks back at the events of that name
+# already taken in since the waiter began; intakes that start later see the waiter.
+
+_LOCK_CLASS = 0x5746  # "WF": the advisory-lock namespace of the engine
+
+
+def _name_key(name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "big", signed=True)
+
+
+def lock_event_names(db: str, *, shared: set[str] = frozenset(), exclusive: set[str] = frozenset()) -> None:
+    """Take the advisory locks, in one global order (no deadlock between takers)."""
+    if connections[db].vendor != "postgresql" or not (shared or exclusive):
+        return
+    modes: dict[int, str] = {}
+    for name in shared:
+        modes.setdefault(_name_key(name), "pg_advisory_xact_lock_shared")
+    for name in exclusive:
+        modes[_name_key(name)] = "pg_advisory_xact_lock"
+    with connections[db].cursor() as cursor:
+        for key in sorted(modes):
+            cursor.execute(f"SELECT {modes[key]}(%s, %s)", [_LOCK_CLASS, key])
+
+
+def cancel_rule_names(event_names: set[str]) -> set[str]:
+    """The cancel events of the functions these events may start (from the code)."""
+    return {
+        rule.event
+        for name in event_names
+        for function, _ in registry.triggered_by(name)
+        for rule in function.cancel
+    }
+
+
+def taken_in_matches(db: str, waiters: list[Waiter], now: datetime) -> list[tuple[Waiter, Event]]:
+    """For each waiter, the first event already taken in that it would have matched.
+
+    One query per event name: the events received after the earliest waiter began, whose
+    intake committed (no queue item left), that triggered things (no error, not a repeat
+    of a deduplicated id).
+    """
+    by_name: dict[str, list[Waiter]] = {}
+    for waiter in waiters:
+        by_name.setdefault(waiter.event_name, []).append(waiter)
+    found = []
+    for name, group in by_name.items():
+        since = min(w.created_at for w in group)
+        repeat = Exists(SeenEventId.objects.using(db).filter(key=OuterRef("dedup_id")).exclude(event=OuterRef("pk")))
+        candidates = list(
+            Event.objects.using(db)
+            .filter(name=name, received_at__gt=since, received_at__lte=now, error__isnull=True)
+            .exclude(Exists(QueueItem.objects.using(db).filter(event=OuterRef("pk"))))
+            .exclude(Q(dedup_id__gt="") & repeat)
+            .order_by("received_at", "pk")[:1000]
+        )
+        for waiter in group:
+            match = next((event for event in candidates if waiter_accepts(waiter, event)), None)
+            if match is not None:
+                found.append((waiter, match))
+    return found
 
 
 # -- waking, resolving, cancelling -------------------------------------------------------------

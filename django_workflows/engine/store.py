@@ -174,7 +174,7 @@ class DatabaseCheckpointer:
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _in_lease(self, write: Callable[[], T]) -> T:
+    def _in_lease(self, write: Callable[[], T], *, lock_names: set[str] = frozenset()) -> T:
         """Run ``write`` in a transaction that first checks that this worker holds the lease.
 
         Nested (an atomic step, or drain() inside a test's transaction): a savepoint, so that
@@ -184,6 +184,8 @@ class DatabaseCheckpointer:
         def attempt() -> T:
             nested = connections[self.db].in_atomic_block
             with transaction.atomic(using=self.db, savepoint=nested):
+                # Event-name locks first, then the item's row (the order intake takes them in).
+                lifecycle.lock_event_names(self.db, exclusive=lock_names)
                 # The UPDATE takes the item's row lock: a worker that took the item over has
                 # bumped the token, so a stale worker matches nothing and writes nothing.
                 held = (
@@ -286,7 +288,7 @@ class DatabaseCheckpointer:
                 due_at=Case(When(wake=True, then=Value(now)), default=Value(wake_at)),
             )
 
-        self._in_lease(write)
+        self._in_lease(write, lock_names={signal.wait.event} if signal is not None and signal.wait else set())
 
     def _start_effects(self, signal: Suspend, now: datetime) -> datetime | None:
         """Write what a suspending step starts; returns an earlier wake-up time if it needs one."""
@@ -306,10 +308,15 @@ class DatabaseCheckpointer:
         if signal.wait is not None:
             wait = signal.wait
             trigger = lifecycle._run_trigger(self.run)
-            lifecycle.add_waiters(self.db, [lifecycle.make_waiter(
+            waiter = lifecycle.make_waiter(
                 WaiterKind.WAIT, self.run_id, wait.step_id, wait.event, wait.match, wait.if_exp, trigger,
-                created_at=now, expires_at=wait.expires_at,
-            )])
+                created_at=signal.pending.started_at if signal.pending and signal.pending.started_at else now,
+                expires_at=wait.expires_at,
+            )
+            lifecycle.add_waiters(self.db, [waiter])
+            # An event taken in by another worker while this wait began resolves it now.
+            for found, event in lifecycle.taken_in_matches(self.db, [waiter], clock.now()):
+                lifecycle.resolve_wait(self.db, found, event)
         if signal.branches:
             existing = set(
                 QueueItem.objects.using(self.db)
