@@ -88,6 +88,7 @@ DEFAULT_FROM_EMAIL = "demo@example.com"
 DJANGO_WORKFLOWS = {
     "LEASE_SECONDS": float(os.environ.get("WORKFLOWS_LEASE_SECONDS", 30)),
     "CONCURRENCY": int(os.environ.get("WORKFLOWS_CONCURRENCY", 8)),
+    "STARTUP_TIMEOUT": float(os.environ.get("WORKFLOWS_STARTUP_TIMEOUT", 600)),
 }
 
 LOGGING = {

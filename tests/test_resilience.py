@@ -372,7 +372,9 @@ def test_a_starting_worker_gives_up_after_startup_timeout(monkeypatch, settings)
     settings.DJANGO_WORKFLOWS = {**settings.DJANGO_WORKFLOWS, "STARTUP_TIMEOUT": 0.6}
     monkeypatch.setattr(connections["default"], "close", lambda: None)
     monkeypatch.setattr(cron, "sync_schedules", lambda db: (_ for _ in ()).throw(OperationalError("down")))
-    with pytest.raises(OperationalError):
+    from django_workflows.engine.worker import DatabaseUnavailable
+
+    with pytest.raises(DatabaseUnavailable, match="still unreachable after STARTUP_TIMEOUT"):
         Worker(concurrency=1).run()
 
 
@@ -478,3 +480,40 @@ def test_a_lapsed_lease_is_taken_over_before_the_backlog():
     assert first.id == lapsed.pk and first.token == 4
     leased = QueueItem.objects.create(kind="run", function_id="busy", due_at=now + timedelta(seconds=30), worker_id="alive")
     assert leased.pk not in {i.id for i in queue.claim("w", 1000)}, "a lease still running is never claimed"
+
+
+# -- 7b. the supervisor does not restart dying children in a storm ------------------------------
+
+
+@pytest.mark.slow
+def test_runworkers_processes_backs_off_when_children_keep_dying():
+    import re
+    import signal
+    import subprocess
+
+    from test_worker import ROOT, _subprocess_env
+
+    env = _subprocess_env({
+        # Nothing listens there: each child waits STARTUP_TIMEOUT for the database, then exits 1.
+        "DATABASE_URL": "postgres://postgres@127.0.0.1:9/nowhere",
+        "WORKFLOWS_STARTUP_TIMEOUT": "1.2",
+    })
+    proc = subprocess.Popen(
+        [sys.executable, "testproject/manage.py", "runworkers", "--processes", "2", "--concurrency", "1"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines: list[str] = []
+    pattern = re.compile(r"died \(exit code 1\) after \d+s; starting another in (\d+)s")
+    deadline = time.monotonic() + 90
+    for line in proc.stdout:  # until four children have died (or the deadline)
+        lines.append(line)
+        if sum(1 for seen in lines if pattern.search(seen)) >= 4 or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    output = "".join(lines) + proc.communicate(timeout=30)[0]
+    delays = [int(d) for d in pattern.findall(output)]
+    assert len(delays) >= 4, output
+    # Children that die young are restarted 1 s, then 2 s, 4 s, 8 s ... later.
+    assert delays[:4] == sorted(delays[:4]) and delays[3] >= 4, f"restarts did not back off: {delays}"
+    assert "the database is unreachable" in output and "retrying in" in output
+    assert "Traceback" not in output, "one line per failure, no tracebacks"

@@ -49,6 +49,10 @@ def process_items(
             logger.error("unknown queue item kind %r (item %s); left for a newer worker", item.kind, item.id)
 
 
+class DatabaseUnavailable(Exception):
+    """A starting worker gave up waiting for the database (``STARTUP_TIMEOUT``)."""
+
+
 class Worker:
     def __init__(self, *, concurrency: int, burst: bool = False, db: str | None = None) -> None:
         self.db = db or conf.database()
@@ -307,11 +311,10 @@ class Worker:
             except Exception as exc:
                 connections[self.db].close()
                 if time.monotonic() + delay > give_up:
-                    logger.error(
-                        "worker %s: the database is still unreachable after STARTUP_TIMEOUT (%ss): %s; giving up",
-                        self.id, conf.get("STARTUP_TIMEOUT"), _one_line(exc),
-                    )
-                    raise
+                    raise DatabaseUnavailable(
+                        f"worker {self.id}: the database is still unreachable after STARTUP_TIMEOUT "
+                        f"({conf.get('STARTUP_TIMEOUT')}s): {_one_line(exc)}; giving up"
+                    ) from exc
                 logger.warning(
                     "worker %s: the database is unreachable (%s); retrying in %.1fs", self.id, _one_line(exc), delay
                 )

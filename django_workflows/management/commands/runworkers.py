@@ -21,11 +21,16 @@ def _child_main(concurrency: int, burst: bool) -> None:
     import django
 
     django.setup()
-    _run_worker(concurrency, burst)
+    try:
+        _run_worker(concurrency, burst)
+    except CommandError as exc:
+        logger.error("%s", exc)  # one line, no traceback; the supervisor starts another later
+        sys.stderr.flush()
+        os._exit(1)
 
 
 def _run_worker(concurrency: int, burst: bool) -> None:
-    from django_workflows.engine.worker import Worker
+    from django_workflows.engine.worker import DatabaseUnavailable, Worker
 
     worker = Worker(concurrency=concurrency, burst=burst)
 
@@ -35,7 +40,10 @@ def _run_worker(concurrency: int, burst: bool) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    worker.run()
+    try:
+        worker.run()
+    except DatabaseUnavailable as exc:
+        raise CommandError(str(exc)) from None
     # In-flight threads that outlived the grace period were released; do not wait for them.
     sys.stdout.flush()
     sys.stderr.flush()
@@ -92,6 +100,8 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, on_signal)
         logger.info("runworkers: starting %d processes of %d threads", processes, concurrency)
         children = [start() for _ in range(processes)]
+        started_at = {child.pid: time.monotonic() for child in children}
+        restart_delay = 0.0  # grows while children die young, so that a crash loop is no storm
         while children:
             time.sleep(0.2)
             for index, child in enumerate(list(children)):
@@ -100,6 +110,18 @@ class Command(BaseCommand):
                 if stopping or burst or child.exitcode == 0:
                     children.remove(child)
                     continue
-                logger.error("worker process %s died (exit code %s); starting another", child.pid, child.exitcode)
+                lived = time.monotonic() - started_at.pop(child.pid, 0.0)
+                restart_delay = 0.0 if lived > 60 else min(max(restart_delay * 2, 1.0), 30.0)
+                logger.error(
+                    "worker process %s died (exit code %s) after %.0fs; starting another in %.0fs",
+                    child.pid, child.exitcode, lived, restart_delay,
+                )
+                deadline = time.monotonic() + restart_delay
+                while time.monotonic() < deadline and not stopping:
+                    time.sleep(0.2)
+                if stopping:
+                    children.remove(child)
+                    continue
                 children[index] = start()
+                started_at[children[index].pid] = time.monotonic()
         logger.info("runworkers: all worker processes stopped")
