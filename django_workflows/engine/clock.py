@@ -28,8 +28,8 @@ _offset = timedelta(0)  # tests: how far drain(advance_time=True) moved the cloc
 _skew = timedelta(0)  # the database's clock minus this process's clock
 _synced_at: float | None = None  # time.monotonic() of the last measure
 RESYNC_SECONDS = 60.0
-# A measure whose round trip took longer than this is too blurred to use.
-MAX_ROUND_TRIP = timedelta(seconds=0.5)
+# A measure whose round trip took longer than this is too blurred to replace an earlier one.
+MAX_ROUND_TRIP = timedelta(milliseconds=20)
 
 
 def now() -> datetime:
@@ -47,12 +47,15 @@ def sync(db: str, *, max_age: float | None = None) -> timedelta:
         return _skew
     if max_age is not None and _synced_at is not None and time.monotonic() - _synced_at < max_age:
         return _skew
+    connection.ensure_connection()  # connecting first: its time is no part of the round trip
     before = timezone.now()
     with connection.cursor() as cursor:
         cursor.execute("SELECT clock_timestamp()")
         server = cursor.fetchone()[0]
     after = timezone.now()
-    if after - before > MAX_ROUND_TRIP:
+    # The measure is off by at most half the round trip: keep a blurred one only if there
+    # is none yet.
+    if after - before > MAX_ROUND_TRIP and _synced_at is not None:
         return _skew
     skew = server - (before + (after - before) / 2)
     with _lock:
