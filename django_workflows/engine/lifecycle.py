@@ -276,9 +276,11 @@ def lock_event_names(db: str, *, shared: set[str] = frozenset(), exclusive: set[
         modes.setdefault(_name_key(name), "pg_advisory_xact_lock_shared")
     for name in exclusive:
         modes[_name_key(name)] = "pg_advisory_xact_lock"
+    # One round trip; the target list is evaluated left to right, so in key order.
+    keys = sorted(modes)
+    calls = ", ".join(f"{modes[key]}(%s, %s)" for key in keys)
     with connections[db].cursor() as cursor:
-        for key in sorted(modes):
-            cursor.execute(f"SELECT {modes[key]}(%s, %s)", [_LOCK_CLASS, key])
+        cursor.execute(f"SELECT {calls}", [value for key in keys for value in (_LOCK_CLASS, key)])
 
 
 def cancel_rule_names(event_names: set[str]) -> set[str]:
