@@ -180,6 +180,11 @@ def test_nul_and_surrogates_in_an_error_message_are_stored_cleaned():
     assert "\x00" not in step.error["stack"]
 
 
+def test_error_dict_bounds_huge_messages_and_stacks():
+    error = error_dict(ValueError("x" * 200_000))
+    assert len(error["message"]) == 50_000 and len(error["stack"]) < 60_000
+
+
 def test_error_dict_survives_a_broken_str():
     class Broken(Exception):
         def __str__(self):

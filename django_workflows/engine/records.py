@@ -99,8 +99,13 @@ def error_dict(exc: BaseException) -> dict[str, str]:
         message = str(exc)
     except Exception:
         message = f"<{type(exc).__name__} whose str() failed>"
+    if len(stack) > MAX_STACK_CHARS:  # a RecursionError's thousand frames, say
+        stack = stack[: MAX_STACK_CHARS // 5] + "\n[... frames left out ...]\n" + stack[-MAX_STACK_CHARS * 4 // 5 :]
     return {
         "name": type(exc).__name__,
-        "message": storable_text(message),
+        "message": storable_text(message[:MAX_STACK_CHARS]),
         "stack": storable_text(stack),
     }
+
+
+MAX_STACK_CHARS = 50_000
