@@ -94,6 +94,24 @@ def test_a_batch_that_raises_a_base_exception_is_released_and_the_thread_lives(t
     assert all(t.is_alive() is False for t in worker._threads)  # stopped cleanly at the end
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("error, transient", [(OperationalError("terminating connection"), True), (ValueError("bug"), False)])
+def test_a_batch_that_lost_the_database_is_retried_soon_without_counting_as_a_crash(monkeypatch, error, transient):
+    wf.send("rs.transient")
+    (item,) = queue.claim("w", 1)
+    assert item.claims == 1
+    worker = Worker(concurrency=1)
+    worker.id = "w"
+    monkeypatch.setattr(connections["default"], "close", lambda: None)
+    worker._release_failed([item], error)
+    row = QueueItem.objects.get(pk=item.id)
+    assert row.worker_id == ""
+    if transient:  # not the item's fault: due in a second, the claim not counted
+        assert row.claims == 0 and row.due_at > clock.now()
+    else:  # counts towards MAX_CRASHES, due at once
+        assert row.claims == 1 and row.due_at <= clock.now()
+
+
 def test_dead_threads_are_replaced():
     worker = Worker(concurrency=2)
     dead = threading.Thread(target=lambda: None, name="wf-worker-0")

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import connections
+from django.db.models import F
+from django.db.models.functions import Greatest
 
 from .. import conf
 from . import clock
@@ -151,15 +153,19 @@ def heartbeat(worker_id: str, item_ids: Iterable[int], *, db: str | None = None)
         return {row[0] for row in cursor.fetchall()}
 
 
-def release(worker_id: str, item_ids: Iterable[int], *, db: str | None = None, keep_claims: bool = False) -> int:
-    """Give items back now (a stopping worker); another worker may claim them at once.
+def release(
+    worker_id: str, item_ids: Iterable[int], *, db: str | None = None, keep_claims: bool = False,
+    delay: float = 0.0,
+) -> int:
+    """Give items back (a stopping worker); another worker may claim them after ``delay`` s.
 
     ``keep_claims``: the items failed rather than being put down, so their count of claims
-    without progress (which ends a run that keeps killing its worker) goes on.
+    without progress (which ends a run that keeps killing its worker) goes on; otherwise
+    this claim is not counted.
     """
-    fields = {"worker_id": "", "due_at": clock.now()}
+    fields: dict = {"worker_id": "", "due_at": clock.now() + timedelta(seconds=delay)}
     if not keep_claims:
-        fields["claims"] = 0
+        fields["claims"] = Greatest(F("claims") - 1, 0)
     return _update_held(worker_id, item_ids, db, fields)
 
 

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from django.db import connections
+from django.db import InterfaceError, OperationalError, connections
 
 from .. import conf
 from ..states import QueueKind
@@ -26,6 +26,7 @@ logger = logging.getLogger("django_workflows.worker")
 
 MIN_POLL = 0.05
 PRUNE_EVERY = 300.0  # seconds between retention passes of one worker
+TRANSIENT_RETRY = 1.0  # seconds before items that lost the database are due again
 
 
 def process_items(
@@ -221,12 +222,8 @@ class Worker:
                     self._process(batch)
                 except BaseException as exc:  # noqa: B036 - the thread must live on
                     # Nothing a batch raises may end the thread or leave its items leased
-                    # (the heartbeat renewing them) with no thread to run them: give them
-                    # back at once, keeping their count of claims without progress.
-                    log = logger.error if isinstance(exc, Exception) else logger.critical
-                    log("worker %s: items %s raised %r; released for another attempt",
-                        self.id, [(item.id, item.kind) for item in batch], exc, exc_info=True)
-                    self._release_failed(batch)
+                    # (the heartbeat renewing them) with no thread to run them: give them back.
+                    self._release_failed(batch, exc)
                 finally:
                     with self._lock:
                         for item in batch:
@@ -238,12 +235,31 @@ class Worker:
         finally:
             connections.close_all()  # this thread's connections
 
-    def _release_failed(self, batch: list[Claimed]) -> None:
+    def _release_failed(self, batch: list[Claimed], exc: BaseException) -> None:
+        """Give a failed batch back.
+
+        A lost connection (the database restarting, a backend killed) is not the items'
+        fault: one line, and they are due again in a second, their count of claims
+        without progress untouched by it. Anything else is logged with its traceback and
+        counts towards ``MAX_CRASHES``, which ends an item that keeps failing.
+        """
+        items = [(item.id, item.kind) for item in batch]
+        transient = isinstance(exc, (OperationalError, InterfaceError))
+        if transient:
+            logger.warning("worker %s: items %s lost the database (%s); retrying in 1s", self.id, items, _one_line(exc))
+        else:
+            log = logger.error if isinstance(exc, Exception) else logger.critical
+            log("worker %s: items %s raised %r; released for another attempt", self.id, items, exc, exc_info=True)
         try:
             connections[self.db].close()
-            queue.release(self.id, [item.id for item in batch], db=self.db, keep_claims=True)
-        except Exception:
-            logger.warning("worker %s: could not release items; their leases lapse", self.id, exc_info=True)
+            queue.release(
+                self.id, [item.id for item in batch], db=self.db,
+                keep_claims=not transient, delay=TRANSIENT_RETRY if transient else 0.0,
+            )
+        except Exception as release_error:
+            logger.warning(
+                "worker %s: could not release items (%s); their leases lapse", self.id, _one_line(release_error)
+            )
 
     def _replace_dead_threads(self) -> None:
         """A thread that died anyway (a bug in the engine) is replaced, loudly."""
