@@ -73,7 +73,11 @@ class Listener(threading.Thread):
                     while not self.stopping.is_set():
                         for _ in conn.notifies(timeout=1.0, stop_after=1):
                             self.wake.set()
-            except Exception:
-                logger.warning("LISTEN connection failed; retrying in %.1fs", backoff, exc_info=True)
+            except Exception as exc:
+                # One line per attempt (an outage is not a bug); polling covers the gap, and
+                # a short cap gets instant wake-ups back soon after the database returns.
+                first = str(exc).strip().splitlines()
+                reason = f"{type(exc).__name__}: {first[0]}" if first else type(exc).__name__
+                logger.warning("LISTEN connection failed (%s); retrying in %.1fs", reason, backoff)
                 self.stopping.wait(backoff)
-                backoff = min(backoff * 2, 30)
+                backoff = min(backoff * 2, 5)
