@@ -373,18 +373,22 @@ def profile_in_process(runs: int) -> None:
 # -- report -------------------------------------------------------------------------------
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (shared with soak.py)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def machine_description() -> list[str]:
     from django import get_version
     from django.db import connection
 
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     with connection.cursor() as cursor:
         cursor.execute("SHOW server_version")
         pg_version = cursor.fetchone()[0]

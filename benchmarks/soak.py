@@ -238,14 +238,9 @@ def read_rss_kb(pid: int) -> int | None:
 
 
 def machine_lines(cluster: Cluster) -> list[str]:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from bench_engine import cpu_model  # benchmarks/ is on sys.path: this script's own folder
+
+    cpu = cpu_model()
     with cluster.connect() as conn:
         pg_version = conn.execute("SHOW server_version").fetchone()[0]
         pg_settings = conn.execute(
