@@ -89,6 +89,12 @@ def storable_text(text: str) -> str:
     return text
 
 
+def one_line(exc: BaseException) -> str:
+    """``Name: first line of the message``, for a log line that is not a traceback."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 def error_dict(exc: BaseException) -> dict[str, str]:
     """An error as it is recorded; cleaned so that the database can always store it."""
     try:

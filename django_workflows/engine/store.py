@@ -22,7 +22,7 @@ from ..states import FINISHED_STATUSES, QueueKind, RunStatus, StepStatus, Waiter
 from . import clock, lifecycle
 from .executor import CheckpointFailed, LeaseLost, Outcome, execute
 from .queue import Claimed, lease_duration
-from .records import StepRecord
+from .records import StepRecord, one_line
 
 logger = logging.getLogger("django_workflows.worker")
 T = TypeVar("T")
@@ -168,7 +168,7 @@ class DatabaseCheckpointer:
                     raise CheckpointFailed(str(exc)) from exc
                 logger.warning(
                     "run %s: recording progress failed (%s); retrying in %.1fs on a new connection",
-                    self.run_id, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, delay,
+                    self.run_id, one_line(exc), delay,
                 )
                 connection.close()
                 time.sleep(delay)

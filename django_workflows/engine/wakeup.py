@@ -14,6 +14,7 @@ import psycopg
 from django.db import connections, transaction
 
 from .. import conf
+from .records import one_line
 
 logger = logging.getLogger("django_workflows.worker")
 
@@ -76,8 +77,6 @@ class Listener(threading.Thread):
             except Exception as exc:
                 # One line per attempt (an outage is not a bug); polling covers the gap, and
                 # a short cap gets instant wake-ups back soon after the database returns.
-                first = str(exc).strip().splitlines()
-                reason = f"{type(exc).__name__}: {first[0]}" if first else type(exc).__name__
-                logger.warning("LISTEN connection failed (%s); retrying in %.1fs", reason, backoff)
+                logger.warning("LISTEN connection failed (%s); retrying in %.1fs", one_line(exc), backoff)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 5)

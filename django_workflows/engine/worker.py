@@ -19,6 +19,7 @@ from ..states import QueueKind
 from . import clock, cron, queue, retention, wakeup
 from .intake import process_events
 from .queue import Claimed
+from .records import one_line
 from .registry import prune_records, registry_cleanup, registry_touch
 from .store import process_run
 
@@ -193,7 +194,7 @@ class Worker:
             # The database is down or restarting: one line per attempt, backing off.
             delay = min(max(self._claim_backoff * 2, 0.5), CLAIM_BACKOFF_MAX)
             self._claim_backoff = delay
-            logger.warning("worker %s: cannot claim work (%s); retrying in %.1fs", self.id, _one_line(exc), delay)
+            logger.warning("worker %s: cannot claim work (%s); retrying in %.1fs", self.id, one_line(exc), delay)
             logger.debug("claim failure", exc_info=True)
             connections[self.db].close()
             self.stopping.wait(delay)
@@ -249,7 +250,7 @@ class Worker:
         items = [(item.id, item.kind) for item in batch]
         transient = isinstance(exc, (OperationalError, InterfaceError))
         if transient:
-            logger.warning("worker %s: items %s lost the database (%s); retrying in 1s", self.id, items, _one_line(exc))
+            logger.warning("worker %s: items %s lost the database (%s); retrying in 1s", self.id, items, one_line(exc))
         else:
             log = logger.error if isinstance(exc, Exception) else logger.critical
             log("worker %s: items %s raised %r; released for another attempt", self.id, items, exc, exc_info=True)
@@ -261,7 +262,7 @@ class Worker:
             )
         except Exception as release_error:
             logger.warning(
-                "worker %s: could not release items (%s); their leases lapse", self.id, _one_line(release_error)
+                "worker %s: could not release items (%s); their leases lapse", self.id, one_line(release_error)
             )
 
     def _replace_dead_threads(self) -> None:
@@ -306,7 +307,7 @@ class Worker:
                             self._renewed[item_id] = beat_at
                     registry_touch(self.db, self.id)
                 except Exception as exc:
-                    logger.warning("worker %s: heartbeat failed (%s)", self.id, _one_line(exc))
+                    logger.warning("worker %s: heartbeat failed (%s)", self.id, one_line(exc))
                     connections[self.db].close()
         finally:
             connections.close_all()
@@ -332,10 +333,10 @@ class Worker:
                 if time.monotonic() + delay > give_up:
                     raise DatabaseUnavailable(
                         f"worker {self.id}: the database is still unreachable after STARTUP_TIMEOUT "
-                        f"({conf.get('STARTUP_TIMEOUT')}s): {_one_line(exc)}; giving up"
+                        f"({conf.get('STARTUP_TIMEOUT')}s): {one_line(exc)}; giving up"
                     ) from exc
                 logger.warning(
-                    "worker %s: the database is unreachable (%s); retrying in %.1fs", self.id, _one_line(exc), delay
+                    "worker %s: the database is unreachable (%s); retrying in %.1fs", self.id, one_line(exc), delay
                 )
                 self.stopping.wait(delay)
                 delay = min(delay * 2, 15.0)
@@ -345,10 +346,6 @@ class Worker:
         try:
             cron.sync_schedules(self.db)
         except Exception as exc:
-            logger.warning("worker %s: syncing cron schedules failed (%s)", self.id, _one_line(exc))
+            logger.warning("worker %s: syncing cron schedules failed (%s)", self.id, one_line(exc))
             connections[self.db].close()
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
