@@ -15,14 +15,23 @@ from .errors import (
     NonRetriableError,
     RetryAfterError,
     RunNotFinishedError,
+    RunRefusedError,
     StepError,
     UnknownFunctionError,
     WorkflowDefinitionError,
 )
 from .events import Event, send
+from .flow_control import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from .functions import Cancel, Function, Timeouts, TriggerCron, TriggerEvent, function
 
 __all__ = [
+    "Batch",
+    "Concurrency",
+    "Debounce",
+    "Priority",
+    "RateLimit",
+    "Singleton",
+    "Throttle",
     "Cancel",
     "Timeouts",
     "TriggerCron",
@@ -40,6 +49,7 @@ __all__ = [
     "NonRetriableError",
     "RetryAfterError",
     "RunNotFinishedError",
+    "RunRefusedError",
     "StepError",
     "TriggerEvent",
     "UnknownFunctionError",

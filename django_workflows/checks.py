@@ -74,3 +74,53 @@ def _sqlite_checks(database: dict) -> list:
             )
         )
     return problems
+
+
+MIGRATE_HINT = "run `python manage.py migrate`"
+
+
+def unapplied_migrations(alias: str) -> list[str] | None:
+    """This app's migrations not applied on ``alias`` (None if the database can't be asked)."""
+    from django.db import DatabaseError, connections
+    from django.db.migrations.executor import MigrationExecutor
+
+    try:
+        executor = MigrationExecutor(connections[alias])
+        plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    except DatabaseError:
+        return None  # unreachable: other checks and runworkers' own wait say so
+    return [migration.name for migration, _ in plan if migration.app_label == "django_workflows"]
+
+
+@register(Tags.database)
+def check_migrated(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list:
+    """With ``check --database``: the workflow tables exist and are up to date."""
+    import sys
+
+    alias = conf.database()
+    if not databases or alias not in databases or alias not in settings.DATABASES:
+        return []
+    if sys.argv[1:2] in (["migrate"], ["showmigrations"], ["sqlmigrate"], ["makemigrations"]):
+        return []  # migrate runs the database checks too: it is the fix, not the problem
+    missing = unapplied_migrations(alias)
+    if not missing:
+        return []
+    return [
+        Error(
+            f"{len(missing)} django_workflows migration(s) are not applied on database {alias!r} "
+            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}).",
+            hint=MIGRATE_HINT[0].upper() + MIGRATE_HINT[1:] + ".",
+            id="django_workflows.E005",
+        )
+    ]
+
+
+def not_migrated_message(alias: str) -> str | None:
+    """One line for runworkers and wf.send when the tables are missing or out of date."""
+    missing = unapplied_migrations(alias)
+    if not missing:
+        return None
+    return (
+        f"the django_workflows tables on database {alias!r} are missing or out of date "
+        f"({len(missing)} migration(s) not applied): {MIGRATE_HINT}"
+    )

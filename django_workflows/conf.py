@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_EVENT_BYTES": 524_288,  # 512 KiB: one event's JSON (name, data, id)
     "MAX_STEP_OUTPUT_BYTES": 4_194_304,  # 4 MiB: one step's (or a run's) JSON output
     "MAX_STEPS_PER_RUN": 1000,
+    "MAX_EVENTS_PER_REQUEST": 5000,  # events in one POST to the REST API (413 over it)
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
@@ -26,6 +27,10 @@ from .states import StepKind, StepStatus
 if TYPE_CHECKING:
     from .engine.executor import Checkpointer
     from .functions import Function
+
+
+# A warning for every failed step attempt (docs: "Logging").
+step_logger = logging.getLogger("django_workflows.steps")
 
 T = TypeVar("T")
 
@@ -217,15 +222,18 @@ class StepTools:
 
     # -- run -----------------------------------------------------------------------------
 
-    def run(self, step_id: str, fn: Callable[..., T], *args: Any, atomic: bool = False) -> T:
-        """Run ``fn(*args)`` once; its JSON result is memoized for every replay.
+    def run(self, step_id: str, fn: Callable[..., T], *args: Any, atomic: bool = False, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` once; its JSON result is memoized for every replay.
 
         With ``atomic=True`` the step's database writes commit in the same transaction
         as its recorded result: a step that only touches the database takes effect once.
+        (``atomic`` is this method's own: a function taking an ``atomic`` argument gets
+        it through ``functools.partial`` or a lambda.)
         """
         if not callable(fn):
             raise WorkflowDefinitionError(f"step {step_id!r}: fn must be callable, got {fn!r}")
-        return self._run_step(self._unique_id(step_id), StepKind.RUN, fn, args, atomic)
+        call = functools.partial(fn, **kwargs) if kwargs else fn
+        return self._run_step(self._unique_id(step_id), StepKind.RUN, call, args, atomic)
 
     def send_event(self, step_id: str, events: Any) -> list[str]:
         """Send one event or a list of them, exactly once; returns their ids."""
@@ -252,6 +260,7 @@ class StepTools:
         attempt = record.attempts if record else 0
         record = record or StepRecord(sid, kind, StepStatus.RETRYING)
         record.started_at = record.started_at or now
+        record.attempt_started_at = now
         self._ctx.attempt = attempt
         checkpointer = self._ctx._checkpointer
         try:
@@ -289,6 +298,11 @@ class StepTools:
         record.error = error_dict(exc)
         retries = self._ctx.function.retries
         if isinstance(exc, NON_RETRIABLE) or record.attempts > retries:
+            step_logger.warning(
+                "function %s run %s: step %r failed for good (attempt %d of %d): %s: %s",
+                self._ctx.function_id, self._ctx.run_id, record.step_id, record.attempts, retries + 1,
+                record.error.get("name"), record.error.get("message"),
+            )
             record.status = StepStatus.FAILED
             record.ended_at = clock.now()
             record.scheduled_at = None
@@ -300,6 +314,11 @@ class StepTools:
             when = exc.retry_at or clock.now() + (exc.retry_after or timedelta(0))
         else:
             when = clock.now() + retry_delay(record.attempts)
+        step_logger.warning(
+            "function %s run %s: step %r failed (attempt %d of %d): %s: %s; retrying at %s",
+            self._ctx.function_id, self._ctx.run_id, record.step_id, record.attempts, retries + 1,
+            record.error.get("name"), record.error.get("message"), when.isoformat(),
+        )
         record.status = StepStatus.RETRYING
         record.scheduled_at = when
         raise Suspend(when, pending=record)

@@ -9,7 +9,7 @@ from django.db import transaction
 
 from . import conf
 from .engine import clock, wakeup
-from .errors import RunNotFinishedError
+from .errors import RunNotFinishedError, RunRefusedError
 from .expressions import Expression
 from .functions import registry
 from .states import FINISHED_STATUSES, StepStatus
@@ -25,12 +25,14 @@ def replay(run_id: Any, from_step: str | None = None) -> Run:
     """Start a new run of the same function and trigger event(s), linked by ``replay_of``.
 
     Only a finished run (completed, failed or cancelled) can be replayed: a run that is
-    queued or running raises ``RunNotFinishedError`` (cancel it first).
+    queued or running raises ``RunNotFinishedError`` (cancel it first). The new run goes
+    through the function's flow control (docs/flow-control.md): if the function is paused,
+    rate limited, or a singleton with an active run, ``RunRefusedError`` says so.
 
     With ``from_step``, the steps recorded before it keep their outputs (they are not
     run again); ``from_step`` and everything after it run anew.
     """
-    from .engine import lifecycle
+    from .engine import admission
     from .models import Run, Step
 
     db = conf.database()
@@ -53,10 +55,16 @@ def replay(run_id: Any, from_step: str | None = None) -> Run:
         kept = [s for s in steps[: ids.index(from_step)] if s.status == StepStatus.COMPLETED]
     now = clock.now()
     with transaction.atomic(using=db):
-        run = lifecycle.new_run(
-            function, original.event, now=now, replay_of=original, batch_event_ids=original.batch_event_ids
+        decision = admission.admit_one(
+            db, function, original.event, origin=admission.REPLAY, now=now,
+            replay_of=original, batch_event_ids=original.batch_event_ids,
         )
-        lifecycle.insert_runs(db, [(run, now)])
+        if decision.run is None:
+            assert decision.refusal is not None
+            raise RunRefusedError(
+                f"cannot replay run {original.pk}: {decision.refusal.message}", name=decision.refusal.name
+            )
+        run = decision.run
         Step.objects.using(db).bulk_create(
             [
                 Step(
@@ -80,7 +88,7 @@ def replay_events(
     """
     from django.db.models import Exists, OuterRef
 
-    from .engine import lifecycle
+    from .engine import admission
     from .models import Event, Run, SeenEventId
 
     db = conf.database()
@@ -95,16 +103,52 @@ def replay_events(
         events = events.filter(received_at__gt=received_after)
     if received_before is not None:
         events = events.filter(received_at__lt=received_before)
-    now = clock.now()
-    pairs = [
-        (lifecycle.new_run(function, event, now=now), now)
-        for event in events.order_by("received_at").iterator()
+    matching = [
+        event for event in events.order_by("received_at").iterator()
         if any(trigger.event == event.name and trigger.matches(event.as_payload(), function_id=function.id) for trigger in function.event_triggers)
     ]
+    started = 0
     with transaction.atomic(using=db):
-        lifecycle.insert_runs(db, pairs)
+        # Through admission, as if the events arrived now (flow control applies).
+        flow = admission.Admission(db, clock.now())
+        for event in matching:
+            decision = flow.offer(function, event, origin=admission.EVENT)
+            started += decision.run is not None and not decision.joined
+        flow.flush()
         wakeup.notify_on_commit(db)
-    return len(pairs)
+    return started
+
+
+def invoke(function_id: str, data: dict | None = None) -> Run:
+    """Start a run of a function with ``data``, as ``step.invoke`` does but with no parent
+    run (the admin's and the API's "invoke with data"). Its event is a stored
+    ``workflows/function.invoked`` event. Flow control applies: when it starts no run,
+    nothing is stored and ``RunRefusedError`` says why (``.name``: FunctionPaused,
+    RateLimited ...). Bad data raises ``EventValidationError``, as ``wf.send`` does.
+    """
+    from .engine import admission
+    from .events import Event as EventSpec
+    from .events import _validate
+    from .models import Event
+
+    function = registry.get(function_id)
+    data = {} if data is None else data
+    _validate(EventSpec(name=INVOKED_EVENT, data=data), 0, allow_system=True)
+    db = conf.database()
+    clock.sync(db, max_age=clock.RESYNC_SECONDS)
+    with transaction.atomic(using=db):
+        now = clock.now()
+        event = Event(name=INVOKED_EVENT, data=data, ts=now, received_at=now)
+        event.save(using=db)
+        decision = admission.admit_one(db, function, event, origin=admission.INVOKE, now=now)
+        if decision.run is None:
+            assert decision.refusal is not None
+            raise RunRefusedError(f"cannot invoke {function.id!r}: {decision.refusal.message}", name=decision.refusal.name)
+        wakeup.notify_on_commit(db)
+    return decision.run
+
+
+INVOKED_EVENT = "workflows/function.invoked"
 
 
 def cancel(run_id: Any) -> bool:

@@ -129,3 +129,26 @@ def _moment_from_text(value: str, what: str) -> datetime:
             f'such as "+02:00", as in {_MOMENT_EXAMPLE}'
         )
     return moment
+
+
+def format_duration(value: timedelta | None) -> str:
+    """``850 ms``, ``12.3 s``, ``4m 05s``, ``2h 03m``, ``3d 4h``; ``""`` for None."""
+    if value is None:
+        return ""
+    seconds = value.total_seconds()
+    if seconds < 0:
+        return "-" + format_duration(-value)
+    if seconds < 0.001:
+        return "<1 ms" if seconds > 0 else "0 ms"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 10:
+        return f"{seconds:.2f} s"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d {whole % 86400 // 3600}h"

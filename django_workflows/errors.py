@@ -65,6 +65,19 @@ class RunNotFinishedError(ValueError):
     """A run that has not finished cannot be replayed: cancel it first."""
 
 
+class NotMigratedError(ImproperlyConfigured):
+    """The workflow tables do not exist (or are out of date): run ``manage.py migrate``."""
+
+
+class RunRefusedError(ValueError):
+    """Flow control started no run (the function is paused, rate limited, a singleton with
+    an active run ...); ``name`` says which rule, as in the failed invoke step's error."""
+
+    def __init__(self, message: str, *, name: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
 # Errors that retrying cannot fix: a bad duration, a naive datetime, an expression that
 # does not compile, an unknown function id, a malformed event. Raised from a handler or a
 # step, they fail it at once with their message instead of being retried for minutes.

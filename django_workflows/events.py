@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
 
 from . import conf
 from .engine.records import StepOutputError, check_storable
-from .errors import EventValidationError, WorkflowDefinitionError
+from .errors import EventValidationError, NotMigratedError, WorkflowDefinitionError
 from .functions import validate_event_name
 from .ids import new_id
 
@@ -38,7 +38,12 @@ def _validate(event: Event, index: int, allow_system: bool) -> None:
     try:
         text = json.dumps(event.data, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise EventValidationError(f"{where} {event.name!r}: data is not JSON ({exc})") from None
+        path, value = _first_non_json(event.data, "data")
+        found = f"{path} is {type(value).__name__} {value!r}" if path else str(exc)
+        raise EventValidationError(
+            f"{where} {event.name!r}: data is not JSON: {found} (send strings, numbers, booleans, None, "
+            "lists and dicts with string keys: e.g. a datetime as .isoformat())"
+        ) from None
     except RecursionError:
         raise EventValidationError(f"{where} {event.name!r}: data is nested too deeply") from None
     try:
@@ -54,6 +59,11 @@ def _validate(event: Event, index: int, allow_system: bool) -> None:
             raise EventValidationError(f"{where} {part} {value!r} contains a NUL character, which the database cannot store")
     if event.ts is not None and (not isinstance(event.ts, datetime) or event.ts.tzinfo is None):
         raise EventValidationError(f"{where} {event.name!r}: ts must be a timezone-aware datetime, got {event.ts!r}")
+    if event.ts is not None:
+        try:
+            event.ts.astimezone(timezone.utc)  # stored in UTC: PostgreSQL refuses offsets of 16 h or more
+        except OverflowError:
+            raise EventValidationError(f"{where} {event.name!r}: ts {event.ts.isoformat()} is before year 1 in UTC") from None
     size = len(text.encode()) + len(event.name.encode()) + len((event.id or "").encode())
     limit = int(conf.get("MAX_EVENT_BYTES"))
     if size > limit:
@@ -61,6 +71,29 @@ def _validate(event: Event, index: int, allow_system: bool) -> None:
             f"{where} {event.name!r} is {size:,} bytes, over the limit of {limit:,} bytes "
             "(DJANGO_WORKFLOWS['MAX_EVENT_BYTES']); send a key to data stored elsewhere instead"
         )
+
+
+def _first_non_json(value: Any, path: str) -> tuple[str, Any]:
+    """The dotted path of the first value JSON cannot hold (``data.user.created_at``)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{path} key {key!r}", key
+            found = _first_non_json(item, f"{path}.{key}")
+            if found[0]:
+                return found
+        return "", None
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = _first_non_json(item, f"{path}[{index}]")
+            if found[0]:
+                return found
+        return "", None
+    if value is None or isinstance(value, (str, bool, int)):
+        return "", None
+    if isinstance(value, float):
+        return ("", None) if value == value and value not in (float("inf"), float("-inf")) else (path, value)
+    return path, value
 
 
 def _check_text(value: str, what: str) -> None:
@@ -119,16 +152,32 @@ def store_events(events: list[Event], *, allow_system: bool) -> list[str]:
     # Events of one call are received one microsecond apart, in list order: they take
     # effect in that order (a cancel listed after its trigger cancels the run).
     rows = [
-        (new_id(), e.name, e.data, e.ts or now, now + timedelta(microseconds=index), e.id or "")
+        (new_id(), e.name, e.data, e.ts.astimezone(timezone.utc) if e.ts else now,
+         now + timedelta(microseconds=index), e.id or "")
         for index, e in enumerate(events)
     ]
-    with transaction.atomic(using=db, savepoint=False):
-        if connections[db].vendor == "postgresql" and len(rows) > COPY_THRESHOLD:
-            _copy_rows(db, rows)
-        else:
-            _insert_rows(db, rows)
-        wakeup.notify_on_commit(db)
+    try:
+        with transaction.atomic(using=db, savepoint=False):
+            if connections[db].vendor == "postgresql" and len(rows) > COPY_THRESHOLD:
+                _copy_rows(db, rows)
+            else:
+                _insert_rows(db, rows)
+            wakeup.notify_on_commit(db)
+    except DatabaseError as exc:
+        if _missing_table(exc):
+            raise NotMigratedError(
+                f"cannot store events: the django_workflows tables do not exist on database {db!r}: "
+                "run `python manage.py migrate`"
+            ) from exc
+        raise
     return [str(row[0]) for row in rows]
+
+
+def _missing_table(exc: DatabaseError) -> bool:
+    text = str(exc)
+    return ("no such table: django_workflows" in text) or (
+        'relation "django_workflows' in text and "does not exist" in text
+    )
 
 
 def _insert_rows(db: str, rows: list[tuple]) -> None:
@@ -154,11 +203,14 @@ def _copy_rows(db: str, rows: list[tuple]) -> None:
     quote = connections[db].ops.quote_name
     with connections[db].cursor() as cursor:
         raw = cursor.cursor  # psycopg's own cursor: Django has no COPY
-        columns = "id, name, data, ts, received_at, dedup_id"
+        columns = "id, name, data, ts, received_at, dedup_id, unmatched"
         with raw.copy(f"COPY {quote(EventRow._meta.db_table)} ({columns}) FROM STDIN") as copy:
             for id_, name, data, ts, received, dedup in rows:
-                copy.write_row((id_, name, jsonenc.dumps(data), ts, received, dedup))
-        columns = "kind, event_id, function_id, step_id, due_at, worker_id, lease_token, claims, wake"
+                copy.write_row((id_, name, jsonenc.dumps(data), ts, received, dedup, False))
+        columns = (
+            "kind, event_id, function_id, step_id, due_at, worker_id, lease_token, claims, wake, "
+            "lane, lane_limit, lane2, lane2_limit"
+        )
         with raw.copy(f"COPY {quote(QueueItem._meta.db_table)} ({columns}) FROM STDIN") as copy:
             for row in rows:
-                copy.write_row((QueueKind.EVENT.value, row[0], "", "", row[4], "", 0, 0, False))
+                copy.write_row((QueueKind.EVENT.value, row[0], "", "", row[4], "", 0, 0, False, "", 0, "", 0))

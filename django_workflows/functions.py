@@ -12,6 +12,17 @@ from typing import TYPE_CHECKING, Any
 from .durations import Duration, parse_duration
 from .errors import UnknownFunctionError, WorkflowDefinitionError
 from .expressions import Expression
+from .flow_control import (
+    Batch,
+    Concurrency,
+    Debounce,
+    FlowControl,
+    Priority,
+    RateLimit,
+    Singleton,
+    Throttle,
+)
+from .flow_control import build as build_flow_control
 
 if TYPE_CHECKING:
     from .context import Context
@@ -220,6 +231,7 @@ class Function:
         cancel: tuple[Cancel, ...] = (),
         timeouts: Timeouts | None = None,
         on_failure: Function | None = None,
+        flow: FlowControl | None = None,
     ) -> None:
         self.handler = handler
         self.id = id
@@ -229,6 +241,7 @@ class Function:
         self.cancel = cancel
         self.timeouts = timeouts
         self.on_failure = on_failure
+        self.flow = flow or FlowControl()
         self.__doc__ = handler.__doc__
         self.__wrapped__ = handler
 
@@ -256,8 +269,16 @@ def function(
     on_failure: Handler | None = None,
     cancel: Cancel | Iterable[Cancel] | None = None,
     timeouts: Timeouts | None = None,
+    concurrency: int | Concurrency | list[int | Concurrency] | None = None,
+    throttle: Throttle | None = None,
+    rate_limit: RateLimit | None = None,
+    debounce: Debounce | None = None,
+    batch_events: Batch | None = None,
+    idempotency: str | None = None,
+    priority: Priority | None = None,
+    singleton: Singleton | None = None,
 ) -> Callable[[Handler], Function]:
-    """Declare a workflow function. See docs/functions-and-steps.md."""
+    """Declare a workflow function. See docs/functions-and-steps.md and docs/flow-control.md."""
     if not isinstance(id, str) or not _FUNCTION_ID.match(id):
         raise WorkflowDefinitionError(
             f"function id {id!r} must be 1-200 characters of letters, digits and . _ : / -, "
@@ -273,6 +294,11 @@ def function(
         raise WorkflowDefinitionError(f"function {id!r}: timeouts must be a wf.Timeouts, got {timeouts!r}")
     if on_failure is not None and not callable(on_failure):
         raise WorkflowDefinitionError(f"function {id!r}: on_failure must be a handler taking ctx")
+    flow = build_flow_control(
+        id, concurrency=concurrency, throttle=throttle, rate_limit=rate_limit, debounce=debounce,
+        batch_events=batch_events, idempotency=idempotency, priority=priority, singleton=singleton,
+        has_cancel=bool(cancels),
+    )
 
     def decorate(handler: Handler) -> Function:
         if not callable(handler):
@@ -290,7 +316,7 @@ def function(
             )
         fn = Function(
             handler, id=id, name=name, triggers=triggers, retries=retries,
-            cancel=cancels, timeouts=timeouts, on_failure=failure_fn,
+            cancel=cancels, timeouts=timeouts, on_failure=failure_fn, flow=flow,
         )
         registry.register(fn)
         if failure_fn is not None:
@@ -346,10 +372,14 @@ class Registry:
         try:
             return self._functions[function_id]
         except KeyError:
-            raise UnknownFunctionError(
-                f"no workflow function with id {function_id!r} is registered "
-                "(is its app installed, and is it defined in a workflows.py module?)"
-            ) from None
+            pass
+        resolved = _resolve_on_demand(function_id)
+        if resolved is not None:
+            return resolved
+        raise UnknownFunctionError(
+            f"no workflow function with id {function_id!r} is registered "
+            "(is its app installed, and is it defined in a workflows.py module?)"
+        )
 
     def all(self) -> list[Function]:
         return list(self._functions.values())
@@ -372,6 +402,26 @@ def _same_definition(a: Function, b: Function) -> bool:
 
 
 registry = Registry()
+
+# Extension point: functions defined on demand, not in a workflows.py module. An id prefix ->
+# the dotted path of ``resolve(function_id) -> Function | None``, which registers the function
+# it returns (or raises UnknownFunctionError saying why it cannot). ``registry.get`` asks it for
+# an unknown id with that prefix, so a worker can run such a function before anything in its
+# process imported it. "task:" ids are django.tasks tasks (django_workflows.tasks).
+ON_DEMAND: dict[str, str] = {"task:": "django_workflows.tasks.resolve_function"}
+
+
+def _resolve_on_demand(function_id: str) -> Function | None:
+    for prefix, path in ON_DEMAND.items():
+        if function_id.startswith(prefix):
+            from django.utils.module_loading import import_string
+
+            try:
+                resolver = import_string(path)
+            except ImportError as exc:
+                raise UnknownFunctionError(f"function {function_id!r}: cannot import {path} ({exc})") from None
+            return resolver(function_id)
+    return None
 
 
 def resolve(fn_or_id: Function | str) -> Function:

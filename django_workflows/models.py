@@ -10,7 +10,7 @@ from .jsonenc import ExactJSONEncoder
 from .states import FINISHED_STATUSES, QueueKind, RunStatus, StepKind, StepStatus, WaiterKind
 
 __all__ = [
-    "Event", "Run", "Step", "QueueItem", "SeenEventId",
+    "Event", "Run", "Step", "Attempt", "QueueItem", "SeenEventId", "FlowSlot", "ApiKey",
     "Waiter", "WaitKey", "FunctionState", "CronSchedule", "WorkerRecord",
     "RunStatus", "StepKind", "StepStatus", "QueueKind", "WaiterKind", "FINISHED_STATUSES",
 ]
@@ -34,6 +34,10 @@ class Event(models.Model):
         null=True, blank=True, encoder=ExactJSONEncoder,
         help_text=_("Why taking this event in failed for good (name, message, stack); it triggered nothing."),
     )
+    unmatched = models.BooleanField(
+        default=False,
+        help_text=_("Taken in, it started no run and matched no wait and no cancel rule (a typo in its name?)."),
+    )
 
     class Meta:
         ordering = ["-received_at"]
@@ -41,6 +45,10 @@ class Event(models.Model):
         indexes = [
             # A waiter that begins looks back at the events of its name taken in since.
             models.Index(fields=["name", "received_at"], name="wf_event_name_received_idx"),
+            # The admin's "unmatched" filter (few rows: names nothing listens to).
+            models.Index(
+                fields=["-received_at"], name="wf_event_unmatched_idx", condition=models.Q(unmatched=True)
+            ),
         ]
 
     def __str__(self) -> str:
@@ -105,11 +113,37 @@ class Run(models.Model):
     def __str__(self) -> str:
         return f"{self.function_id} {self.id} ({self.status})"
 
+    @property
+    def waiting_reason(self) -> str:
+        """Why this unfinished run is held back right now, or ``""``.
+
+        ``status_detail`` when admission delayed it (throttled, debounced, collecting a
+        batch) or no worker defines its function; otherwise, for a run whose next work is
+        due, a full concurrency limit: ``waiting for concurrency slot (key "acct-42")``.
+        One or two small queries, for the admin and the API (not for the hot path).
+        """
+        if self.status in FINISHED_STATUSES:
+            return ""
+        if self.status_detail:
+            return self.status_detail
+        from .engine import clock
+        from .engine.admission import describe_lane
+
+        items = QueueItem.objects.using(self._state.db or "default")
+        waiting = items.filter(run_id=self.pk, worker_id="", due_at__lte=clock.now(), lane_limit__gt=0).first()
+        if waiting is None:
+            return ""
+        for lane, limit, field in ((waiting.lane, waiting.lane_limit, "lane"), (waiting.lane2, waiting.lane2_limit, "lane2")):
+            if lane and limit and items.exclude(worker_id="").filter(**{field: lane}).count() >= limit:
+                return f"waiting for concurrency slot ({describe_lane(lane)}, limit {limit})"
+        return ""
+
 
 class Step(models.Model):
     """A recorded step of a run: its result is memoized and never re-run once completed."""
 
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps")
+    # No index of its own: the (run, step_id) unique constraint serves run lookups.
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps", db_index=False)
     step_id = models.CharField(max_length=255)
     kind = models.CharField(max_length=16, choices=StepKind.choices, default=StepKind.RUN)
     status = models.CharField(max_length=16, choices=StepStatus.choices)
@@ -130,6 +164,34 @@ class Step(models.Model):
 
     def __str__(self) -> str:
         return f"{self.step_id} ({self.status})"
+
+
+class Attempt(models.Model):
+    """One execution of a step's code, or of the handler's code between steps (``step_id``
+    ''), append-only: a step row keeps only its last error, this keeps every attempt's.
+
+    Written in the same statement or transaction as the checkpoint it belongs to (no commit
+    of its own); pruned with its run.
+    """
+
+    # No index of its own: (run, id) serves run lookups.
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="attempt_history", db_index=False)
+    step_id = models.CharField(max_length=255, blank=True, default="", help_text=_("'' for the handler between steps."))
+    number = models.PositiveIntegerField(help_text=_("1 for the first attempt."))
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField()
+    outcome = models.CharField(
+        max_length=16, help_text=_("completed; retrying (it failed, another attempt follows); failed (for good).")
+    )
+    error = models.JSONField(null=True, blank=True, encoder=ExactJSONEncoder)
+    worker_id = models.CharField(max_length=64, blank=True, default="")
+
+    class Meta:
+        ordering = ["run", "id"]
+        indexes = [models.Index(fields=["run", "id"], name="wf_attempt_run_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.step_id or '(handler)'} #{self.number} {self.outcome}"
 
 
 class QueueItem(models.Model):
@@ -160,9 +222,18 @@ class QueueItem(models.Model):
         "CronSchedule", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
     )
     function_id = models.CharField(
-        max_length=255, blank=True, default="",
-        help_text=_("The run's function ('' for events): claims take turns between functions."),
+        max_length=255, blank=True, default="", help_text=_("The run's function ('' for events).")
     )
+    # Claims take turns between lanes: a lane is a function, or a function's concurrency
+    # key value ("fn|<key>"), or a key shared by functions ("*env|<key>"); events are lane ''.
+    lane = models.CharField(max_length=255, blank=True, default="")
+    lane_limit = models.PositiveIntegerField(
+        default=0, help_text=_("At most this many items of the lane are held by workers at once (0: no limit).")
+    )
+    lane2 = models.CharField(
+        max_length=255, blank=True, default="", help_text=_("A second concurrency key ('' for none).")
+    )
+    lane2_limit = models.PositiveIntegerField(default=0)
 
     class Meta:
         db_table = "django_workflows_queue"
@@ -170,10 +241,21 @@ class QueueItem(models.Model):
             models.Index(
                 fields=["due_at"], name="wf_queue_due_idx", condition=models.Q(due_at__isnull=False)
             ),
-            # Fair claims: a skip scan over the functions, then each one's oldest due items.
+            # Fair claims: a skip scan over the lanes, then each one's oldest due items; lanes
+            # with a concurrency limit apart, so a claim of unlimited work never reads them.
             models.Index(
-                fields=["function_id", "due_at", "id"], name="wf_queue_fair_idx",
-                condition=models.Q(due_at__isnull=False),
+                fields=["lane", "due_at", "id"], name="wf_queue_lane_idx",
+                condition=models.Q(due_at__isnull=False, lane_limit=0),
+            ),
+            models.Index(
+                fields=["lane", "due_at", "id"], name="wf_queue_limited_lane_idx",
+                condition=models.Q(due_at__isnull=False, lane_limit__gt=0),
+            ),
+            # Held items per concurrency key (few): the claim counts a lane's slots in use.
+            models.Index(fields=["lane"], name="wf_queue_held_lane_idx", condition=~models.Q(worker_id="")),
+            models.Index(
+                fields=["lane2"], name="wf_queue_held_lane2_idx",
+                condition=~models.Q(worker_id="") & ~models.Q(lane2=""),
             ),
             # Leased items (few): lapsed leases are taken over before any backlog.
             models.Index(
@@ -190,6 +272,33 @@ class QueueItem(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.run_id or self.event_id} due {self.due_at}"
+
+
+class FlowSlot(models.Model):
+    """Flow control state of one function and key (one row each, locked while changed).
+
+    ``throttle`` and ``rate_limit``: ``tat``, the theoretical arrival time of GCRA.
+    ``debounce`` and ``batch``: the queued run that collects the events (``run_id``), opened
+    at ``opened_at``, with ``size`` events so far. ``idempotency``: the run that took the key
+    at ``opened_at``. ``singleton``: the active run of the key.
+    """
+
+    kind = models.CharField(max_length=16)
+    function_id = models.CharField(max_length=255)
+    key = models.CharField(max_length=255, blank=True, default="")
+    run_id = models.UUIDField(null=True, blank=True)
+    opened_at = models.DateTimeField()
+    tat = models.DateTimeField(null=True, blank=True)
+    size = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "function_id", "key"], name="wf_flowslot_unique"),
+        ]
+        indexes = [models.Index(fields=["run_id"], name="wf_flowslot_run_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.function_id} {self.key}"
 
 
 class SeenEventId(models.Model):
@@ -252,6 +361,11 @@ class FunctionState(models.Model):
     paused = models.BooleanField(default=False)
     changed_at = models.DateTimeField()
 
+    class Meta:
+        # In the admin this is the functions page (the registry's functions, with this switch).
+        verbose_name = _("function")
+        verbose_name_plural = _("functions")
+
     def __str__(self) -> str:
         return f"{self.function_id} ({'paused' if self.paused else 'active'})"
 
@@ -269,6 +383,14 @@ class WorkerRecord(models.Model):
     last_seen_at = models.DateTimeField(db_index=True)
     functions = models.JSONField(default=list, help_text=_("Ids of the functions this worker defines."))
     schedules = models.JSONField(default=list, help_text=_("[function id, cron] pairs it defines."))
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    threads = models.PositiveIntegerField(default=0, help_text=_("Its --concurrency."))
+    items_in_hand = models.PositiveIntegerField(default=0, help_text=_("Queue items it held at its last heartbeat."))
+    processed = models.PositiveBigIntegerField(default=0, help_text=_("Items it had processed at its last heartbeat."))
+
+    class Meta:
+        verbose_name = _("worker")
+        verbose_name_plural = _("workers")
 
     def __str__(self) -> str:
         return self.id
@@ -289,3 +411,31 @@ class CronSchedule(models.Model):
 
     def __str__(self) -> str:
         return f"{self.function_id} {self.cron!r}"
+
+
+class ApiKey(models.Model):
+    """A key for the REST API: only its SHA-256 hash is stored; the key is shown once.
+
+    ``prefix`` (the key's first characters) tells keys apart in the admin and the logs.
+    Scopes: ``send`` (events in only), ``read`` (events in, and read everything),
+    ``manage`` (everything: cancel, replay, pause, invoke).
+    """
+
+    class Scope(models.TextChoices):
+        SEND = "send", _("send events")
+        READ = "read", _("send events and read")
+        MANAGE = "manage", _("send, read and manage runs and functions")
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    scope = models.CharField(max_length=8, choices=Scope.choices, default=Scope.SEND)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, help_text=_("A revoked key is refused (401)."))
+
+    class Meta:
+        verbose_name = _("API key")
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…, {self.scope})"

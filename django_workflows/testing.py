@@ -43,6 +43,7 @@ def drain(advance_time: bool = False, max_jobs: int = 10_000, batch_size: int | 
     if batch < 1:
         raise ValueError(f"drain(): batch_size must be at least 1, got {batch_size!r}")
     done = 0
+    held_back = False
     while done < max_jobs:
         items = queue.claim(DRAIN_WORKER_ID, min(batch, max_jobs - done), db=db)
         if not items:
@@ -51,9 +52,18 @@ def drain(advance_time: bool = False, max_jobs: int = 10_000, batch_size: int | 
             next_due = queue.next_due_at(db=db, exclude_cron=True)
             if next_due is None:
                 break
+            if next_due <= clock.now():
+                # Due by now (it may have become due since the claim): claim again, but
+                # twice in a row means held back (a concurrency slot held elsewhere).
+                if held_back:
+                    break
+                held_back = True
+                continue
+            held_back = False
             clock.advance_to(next_due)
             continue
-        process_items(items, db=db)
+        held_back = False
+        process_items(items, db=db, worker_id=DRAIN_WORKER_ID)
         done += len(items)
     return done
 
@@ -104,7 +114,9 @@ class _MemoryCheckpointer:
     def record_step(self, record: StepRecord) -> None:
         self.records[record.step_id] = record
 
-    def suspend(self, signal: Any, *, until: datetime | None, run_attempts: int | None = None) -> None:
+    def suspend(
+        self, signal: Any, *, until: datetime | None, run_attempts: int | None = None, error: dict | None = None
+    ) -> None:
         if signal is not None:
             if signal.wait is not None or signal.invoke is not None:
                 step_id = (signal.wait or signal.invoke).step_id
@@ -146,7 +158,7 @@ class _MemoryCheckpointer:
 
 def trigger(
     fn: Function | str,
-    event: Event | dict | str,
+    event: Event | dict | str | list[Event | dict | str],
     step_stubs: dict[str, Any] | None = None,
     *,
     max_replays: int = 1000,
@@ -155,9 +167,18 @@ def trigger(
 
     ``step_stubs`` maps step ids to values that replace those steps (a callable stub is
     called with the step's arguments). Returns a result with ``status``, ``output``, ``error``.
+
+    A list of events is a batch (``wf.Batch``): ``ctx.events`` holds them all, ``ctx.event``
+    the first. Flow control that needs the database (concurrency, throttle, debounce ...)
+    does not apply here: ``drain()`` runs it.
     """
     function = resolve(fn)
-    info = _event_info(event)
+    if isinstance(event, list):
+        if not event:
+            raise WorkflowDefinitionError("trigger(): a batch of events must hold at least one event")
+        infos = [_event_info(item) for item in event]
+    else:
+        infos = [_event_info(event)]
     records: dict[str, StepRecord] = {}
     checkpointer = _MemoryCheckpointer(records)
     stubbed = _StubbedFunction(function, step_stubs or {})
@@ -167,7 +188,7 @@ def trigger(
             checkpointer.until = None
             checkpointer.branches = []
             outcome = execute(
-                stubbed, run_id="trigger", events=[info], steps=records,
+                stubbed, run_id="trigger", events=infos, steps=records,
                 run_attempts=checkpointer.run_attempts, checkpointer=checkpointer,
             )
             if outcome is not Outcome.SUSPENDED:
@@ -175,7 +196,7 @@ def trigger(
                 return checkpointer.result
             for branch in checkpointer.branches:  # parallel branches, one after another
                 execute(
-                    stubbed, run_id="trigger", events=[info], steps=records,
+                    stubbed, run_id="trigger", events=infos, steps=records,
                     run_attempts=checkpointer.run_attempts, checkpointer=checkpointer, target_step=branch,
                 )
             if checkpointer.until is not None:

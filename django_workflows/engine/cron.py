@@ -19,13 +19,14 @@ from django.db.models import Q
 from ..functions import Function, TriggerCron, registry
 from ..models import CronSchedule, Event, QueueItem, Run
 from ..states import QueueKind
-from . import clock, lifecycle
+from . import admission, clock, queue
 from .queue import Claimed
 
 logger = logging.getLogger("django_workflows.worker")
 
 TIMER_EVENT = "workflows/scheduled.timer"
 UNKNOWN_SCHEDULE_RETRY = timedelta(seconds=30)
+CRON_LANE = "~cron"  # schedules take turns with the functions' work, never limited
 
 
 def next_tick(trigger: TriggerCron, after: datetime) -> datetime:
@@ -74,7 +75,10 @@ def sync_schedules(db: str) -> int:
             existing[key] = CronSchedule.objects.using(db).get(function_id=key[0], cron=key[1])
     QueueItem.objects.using(db).bulk_create(
         [
-            QueueItem(kind=QueueKind.CRON, schedule=schedule, function_id=key[0], due_at=next_tick(wanted[key], now))
+            QueueItem(
+                kind=QueueKind.CRON, schedule=schedule, function_id=key[0], lane=CRON_LANE,
+                due_at=next_tick(wanted[key], now),
+            )
             for key, schedule in existing.items()
         ],
         ignore_conflicts=True,  # one item per schedule (unique constraint)
@@ -99,22 +103,27 @@ def fire_schedule(db: str, schedule_id: int, now: datetime | None = None) -> Run
             .filter(Q(last_fired_for__isnull=True) | Q(last_fired_for__lt=tick), pk=schedule_id)
             .update(last_fired_for=tick)
         )
-        if not won or function.id in lifecycle.paused_functions(db):
+        if not won:
             return None
         event = Event(
             name=TIMER_EVENT, ts=tick, received_at=now,
             data={"cron": trigger.cron, "function_id": function.id, "scheduled_for": tick.isoformat()},
         )
         event.save(using=db)
-        run = lifecycle.new_run(function, event, now=now, cron_key=f"{function.id}|{trigger.cron}|{tick.isoformat()}")
         jitter = timedelta(seconds=random.random() * trigger.jitter_delta.total_seconds())
-        lifecycle.insert_runs(db, [(run, now + jitter)])
+        decision = admission.admit_one(
+            db, function, event, origin=admission.CRON, now=now, not_before=now + jitter,
+            cron_key=f"{function.id}|{trigger.cron}|{tick.isoformat()}",
+        )
+        run = decision.run
+        if run is None:
+            return None
     logger.info("cron %s %r fired for %s", function.id, trigger.cron, tick.isoformat())
     return run
 
 
 def process_cron_item(item: Claimed, *, db: str) -> None:
-    schedule_item = QueueItem.objects.using(db).filter(pk=item.id, lease_token=item.token).first()
+    schedule_item = queue.held(item, db).first()
     if schedule_item is None or schedule_item.schedule_id is None:
         return
     schedule = CronSchedule.objects.using(db).filter(pk=schedule_item.schedule_id).first()
@@ -122,12 +131,12 @@ def process_cron_item(item: Claimed, *, db: str) -> None:
     if found is None:
         # Another worker's code defines this schedule (a deploy in progress), or nobody's
         # does and the next sync removes it: leave it for them, look again later.
-        QueueItem.objects.using(db).filter(pk=item.id, lease_token=item.token).update(
+        queue.held(item, db).update(
             worker_id="", claims=0, due_at=clock.now() + UNKNOWN_SCHEDULE_RETRY
         )
         return
     now = clock.now()
     fire_schedule(db, schedule.pk, now)
-    QueueItem.objects.using(db).filter(pk=item.id, lease_token=item.token).update(
+    queue.held(item, db).update(
         worker_id="", claims=0, due_at=next_tick(found[1], now)
     )

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, InterfaceError, OperationalError, connections, transaction
 
 from .. import conf
-from ..functions import Function, registry
-from ..models import Event, QueueItem, Run, SeenEventId, Waiter
+from ..functions import registry
+from ..models import Event, QueueItem, SeenEventId, Waiter
 from ..states import WaiterKind
-from . import clock, lifecycle, wakeup
+from . import clock, lifecycle, queue, wakeup
+from .admission import Admission
 from .queue import Claimed
 from .records import error_dict
 
@@ -58,7 +61,7 @@ def _set_aside(db: str, item: Claimed, error: dict) -> None:
     """Give up on one event: record why, drop its queue item (if this worker still holds it)."""
     logger.error("event %s set aside, it triggers nothing: %s: %s", item.event_id, error["name"], error["message"])
     with transaction.atomic(using=db):
-        if QueueItem.objects.using(db).filter(pk=item.id, lease_token=item.token).delete()[0]:
+        if queue.held(item, db).delete()[0]:
             Event.objects.using(db).filter(pk=_pk(item.event_id)).update(error=error)
 
 
@@ -87,64 +90,45 @@ def _process_batch(
         fields_by_name, paused = lifecycle.intake_lookups(db, {e.name for e in delivered})
         # Waiters stored before this batch: one indexed query for the whole batch.
         stored = lifecycle.waiters_for(db, delivered, fields_by_name)
-        batch = _NewRuns(db, clock.now(), keep_for, keep_max)
+        admission = Admission(db, clock.now(), paused=paused, keep_for=keep_for, keep_max=keep_max)
+        unmatched = []
         for event in delivered:
-            matched = stored.get(event.pk, []) + batch.cancel_rules_matching(event)
+            matched = stored.get(event.pk, []) + admission.cancel_rules_matching(event)
             for waiter in matched:
-                _apply(db, batch, waiter, event)
-            for function in _functions_for(event):
-                if function.id in paused:
-                    logger.info("event %s starts no run of paused function %s", event.pk, function.id)
-                    continue
-                batch.add(function, event)
-        batch.flush()
-    if batch.started > len(batch.kept):
+                _apply(db, admission, waiter, event)
+            functions = _functions_for(event)
+            for function in functions:
+                admission.offer(function, event)
+            # Nothing listens to its name at all (not merely nothing matched it): a typo?
+            if not matched and not functions and not registry.listened(event.name) and event.name not in fields_by_name:
+                unmatched.append(event)
+        if unmatched:
+            _mark_unmatched(db, unmatched)
+        admission.flush()
+    if admission.started > len(admission.kept):
         wakeup.notify(db)  # other idle workers may take the runs this one did not keep
-    return batch.kept
+    return admission.kept
 
 
-class _NewRuns:
-    """The runs an intake batch starts, inserted together (one bulk insert in the common case).
-
-    Their cancel rules are kept in memory too, so that a later event of the same batch
-    is matched against them; the pending runs are inserted before one is cancelled.
-    """
-
-    def __init__(self, db: str, now: datetime, keep_for: str | None, keep_max: int) -> None:
-        self.db, self.now, self.keep_for, self.keep_max = db, now, keep_for, keep_max
-        self.pending: list[tuple[Run, datetime]] = []
-        self.pending_ids: set = set()
-        self.rules: list[Waiter] = []
-        self.new_rules: list[Waiter] = []  # of the runs not inserted yet
-        self.kept: list[Claimed] = []
-        self.started = 0
-
-    def add(self, function: Function, event: Event) -> None:
-        run = lifecycle.new_run(function, event, now=self.now)
-        self.pending.append((run, max(event.ts, self.now)))
-        self.pending_ids.add(run.pk)
-        rules = lifecycle.cancel_waiters(run)
-        self.rules.extend(rules)
-        self.new_rules.extend(rules)
-
-    def cancel_rules_matching(self, event: Event) -> list[Waiter]:
-        return [rule for rule in self.rules if lifecycle.waiter_accepts(rule, event)]
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        room = max(self.keep_max - len(self.kept), 0)
-        self.kept += lifecycle.insert_runs(self.db, self.pending, keep_for=self.keep_for, keep_max=room)
-        self.started += len(self.pending)
-        self.pending, self.pending_ids = [], set()
-        # A cancel event taken in by another worker while these runs were being started
-        # (see lifecycle.lock_event_names): apply it now.
-        for rule, event in lifecycle.taken_in_matches(self.db, self.new_rules, clock.now()):
-            lifecycle.cancel_run(self.db, rule.run_id, reason=f"cancelled by event {event.name} {event.pk}")
-        self.new_rules = []
+def _mark_unmatched(db: str, events: list[Event]) -> None:
+    """Events nothing listens to: flagged for the admin; in development, a warning that
+    names the closest event names the project's functions listen to."""
+    Event.objects.using(db).filter(pk__in=[event.pk for event in events]).update(unmatched=True)
+    if not settings.DEBUG:
+        return
+    known = sorted(
+        {trigger.event for fn in registry.all() for trigger in fn.event_triggers}
+        | {rule.event for fn in registry.all() for rule in fn.cancel}
+    )
+    for name in sorted({event.name for event in events}):
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else (
+            f"; the functions listen to {', '.join(repr(k) for k in known[:10])}" if known else "; no function is defined"
+        )
+        logger.warning("event %r started no run and matched no wait or cancel rule%s", name, hint)
 
 
-def _apply(db: str, batch: _NewRuns, waiter: Waiter, event: Event) -> None:
+def _apply(db: str, batch: Admission, waiter: Waiter, event: Event) -> None:
     """Resolve a wait or apply a cancel rule that ``event`` matched."""
     if waiter.kind == WaiterKind.WAIT:
         lifecycle.resolve_wait(db, waiter, event)

@@ -18,8 +18,8 @@ from ..expressions import Expression, canonical_json
 from ..functions import Function, registry
 from ..models import Event, FunctionState, QueueItem, Run, SeenEventId, Step, Waiter, WaitKey
 from ..states import FINISHED_STATUSES, QueueKind, RunStatus, StepStatus, WaiterKind
-from . import clock
-from .queue import Claimed, lease_duration
+from . import clock, queue
+from .queue import Claimed
 
 logger = logging.getLogger("django_workflows.worker")
 
@@ -78,41 +78,6 @@ def new_run(function: Function, event: Event | None, *, now: datetime, **fields:
     return Run(function_id=function.id, event=event, status=RunStatus.QUEUED, queued_at=now, **fields)
 
 
-def insert_runs(
-    db: str, pairs: list[tuple[Run, datetime]], *, keep_for: str | None = None, keep_max: int = 0
-) -> list[Claimed]:
-    """Insert runs, their queue items (due at the paired time) and their cancel rules.
-
-    With ``keep_for``, up to ``keep_max`` runs that are due now are inserted already
-    leased to that worker (which runs them next: no claim, no wake-up of others);
-    they are returned as claims.
-    """
-    if not pairs:
-        return []
-    Run.objects.using(db).bulk_create([run for run, _ in pairs])
-    now = clock.now()
-    lease_end = now + lease_duration()
-    items, kept = [], []
-    for run, due in pairs:
-        if keep_for and len(kept) < keep_max and due <= now:
-            item = QueueItem(
-                kind=QueueKind.RUN, run=run, function_id=run.function_id, due_at=lease_end,
-                worker_id=keep_for, lease_token=1, claims=1,
-            )
-            kept.append(item)
-        else:
-            item = QueueItem(kind=QueueKind.RUN, run=run, function_id=run.function_id, due_at=due)
-        items.append(item)
-    QueueItem.objects.using(db).bulk_create(items)
-    waiters = [w for run, _ in pairs for w in cancel_waiters(run)]
-    if waiters:
-        add_waiters(db, waiters)
-    return [
-        Claimed(id=item.pk, kind=QueueKind.RUN, run_id=str(item.run_id), event_id=None, step_id="", token=1, claims=1)
-        for item in kept
-    ]
-
-
 def cancel_waiters(run: Run) -> list[Waiter]:
     """The run's cancel rules as waiters (not saved)."""
     function = registry._functions.get(run.function_id)
@@ -162,19 +127,21 @@ def _run_trigger(run: Run) -> dict:
     return run.event.as_payload() if run.event else {}
 
 
-def start_invoked_run(db: str, parent: Run, spec: Any, *, now: datetime) -> Run | None:
+def start_invoked_run(db: str, parent: Run, spec: Any, *, now: datetime) -> tuple[Run | None, Any]:
     """step.invoke: a new run of the target, fed a workflows/function.invoked event.
 
-    Returns None (and starts nothing) when the target is paused.
+    Returns (the run, None), or (None, the refusal) when flow control (paused, rate limit,
+    singleton, idempotency) starts no run: the invoke step fails with its message.
     """
+    from .admission import INVOKE, admit_one
+
     function = registry.get(spec.function_id)
-    if function.id in paused_functions(db):
-        return None
     event = Event(name="workflows/function.invoked", data=spec.data, ts=now, received_at=now)
     event.save(using=db)
-    child = new_run(function, event, now=now, parent_run_id=parent.pk, parent_step_id=spec.step_id)
-    insert_runs(db, [(child, now)])
-    return child
+    decision = admit_one(
+        db, function, event, origin=INVOKE, now=now, parent_run_id=parent.pk, parent_step_id=spec.step_id
+    )
+    return decision.run, decision.refusal
 
 
 # -- matching incoming events ------------------------------------------------------------------
@@ -347,15 +314,10 @@ def resolve_wait(db: str, waiter: Waiter, event: Event) -> bool:
 
 def cancel_run(db: str, run_id: Any, *, reason: str) -> bool:
     """Cancel a queued or running run: no later step starts. Returns False if it had ended."""
-    now = clock.now()
-    cancelled = Run.objects.using(db).filter(pk=run_id).exclude(status__in=FINISHED_STATUSES).update(
-        status=RunStatus.CANCELLED, ended_at=now, error={"name": "Cancelled", "message": reason, "stack": ""}
-    )
-    if not cancelled:
-        return False
+    error = {"name": "Cancelled", "message": reason, "stack": ""}
     # Deleting the items fences out a worker that is running the run right now.
-    QueueItem.objects.using(db).filter(run_id=run_id).delete()
-    Waiter.objects.using(db).filter(run_id=run_id).delete()
+    if not end_run(db, run_id, status=RunStatus.CANCELLED, error=error):
+        return False
     run = Run.objects.using(db).select_related("event").get(pk=run_id)
     logger.info("run cancelled: %s %s (%s)", run.function_id, run.pk, reason)
     emit(db, "workflows/function.cancelled", {**_run_summary(run), "reason": reason})
@@ -363,6 +325,52 @@ def cancel_run(db: str, run_id: Any, *, reason: str) -> bool:
     for child in Run.objects.using(db).filter(parent_run_id=run_id).exclude(status__in=FINISHED_STATUSES).values_list("pk", flat=True):
         cancel_run(db, child, reason=f"its parent run {run_id} was cancelled")
     return True
+
+
+# Ending a run. Every run that ends (completes, fails, is cancelled) goes through
+# ``end_run``: the run gets its status, and everything it held is let go: its queue
+# items (so its concurrency slots), its waiters, and the flow control slots it holds
+# (a singleton key, an open debounce or batch). On PostgreSQL it is one statement
+# (queries.END_RUN / END_HELD_RUN); elsewhere the same writes one by one.
+# Idempotency slots are kept: the key stays taken for 24 h after the run.
+RELEASED_SLOT_KINDS = ("singleton", "debounce", "batch")
+
+
+def end_run(
+    db: str, run_id: Any, *, status: str, output: Any = None, error: dict | None = None,
+    held: Claimed | None = None,
+) -> bool:
+    """End an unfinished run; with ``held``, only while that lease is held. False if not."""
+    from ..models import FlowSlot
+    from . import queries
+
+    now = clock.now()
+    if connections[db].vendor == "postgresql":
+        params = {
+            "run": str(run_id), "status": status, "output": queries.jsonb(output), "error": queries.jsonb(error),
+            "now": now, "item": held.id if held else None, "token": held.token if held else None,
+        }
+        with connections[db].cursor() as cursor:
+            cursor.execute(queries.END_HELD_RUN if held else queries.END_RUN, params)
+            return bool(cursor.fetchone()[0])
+    if held is not None and not queue.held(held, db).delete()[0]:
+        return False
+    ended = Run.objects.using(db).filter(pk=run_id).exclude(status__in=FINISHED_STATUSES).update(
+        status=status, output=output, error=error, ended_at=now
+    )
+    if not ended:
+        return False
+    QueueItem.objects.using(db).filter(run_id=run_id).delete()
+    Waiter.objects.using(db).filter(run_id=run_id).delete()
+    FlowSlot.objects.using(db).filter(run_id=run_id, kind__in=RELEASED_SLOT_KINDS).delete()
+    return True
+
+
+def finish_is_quiet(run: Run, *, failed: bool) -> bool:
+    """Whether ``run_finished`` has nothing to do for this run (no parent, no listener)."""
+    if run.parent_run_id or registry.listened("workflows/function.finished"):
+        return False
+    return not (failed and registry.listened("workflows/function.failed"))
 
 
 def run_finished(db: str, run: Run, *, output: Any = None, error: dict | None = None) -> None:

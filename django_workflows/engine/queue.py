@@ -13,72 +13,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import connections
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.db.models.functions import Greatest
 
 from .. import conf
 from . import clock
 
 TABLE = "django_workflows_queue"
-
-# Fair claiming. One function's backlog (a flood of events, a fan-out of 100,000 runs)
-# must not delay every other function's work, and a lapsed lease (a dead worker's run)
-# must not wait behind a backlog. So a claim takes, in this order: lapsed leases; then
-# the functions' due items in turns (each function's oldest first, then each one's
-# second ...), events counting as one more function (''). A skip scan over the
-# (function_id, due_at) index lists the functions with queued items, so the cost grows
-# with the number of functions, not with the backlog. The CTE fences the LIMIT; rows
-# locked but not chosen are unlocked when the statement ends (it runs in autocommit).
-_CLAIM_POSTGRES = f"""
-WITH RECURSIVE functions(fid) AS (
-    (SELECT function_id FROM {TABLE} WHERE due_at IS NOT NULL ORDER BY function_id LIMIT 1)
-    UNION ALL
-    SELECT (SELECT q.function_id FROM {TABLE} q
-            WHERE q.due_at IS NOT NULL AND q.function_id > functions.fid ORDER BY q.function_id LIMIT 1)
-    FROM functions WHERE functions.fid IS NOT NULL
-), lapsed AS (
-    SELECT id, due_at FROM {TABLE}
-    WHERE due_at IS NOT NULL AND due_at <= %(now)s AND worker_id <> ''
-    ORDER BY due_at LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-), per_function AS (
-    SELECT f.fid, c.id, c.due_at FROM functions f CROSS JOIN LATERAL (
-        SELECT id, due_at FROM {TABLE}
-        WHERE function_id = f.fid AND due_at IS NOT NULL AND due_at <= %(now)s AND worker_id = ''
-        ORDER BY due_at, id LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
-    ) c
-    WHERE f.fid IS NOT NULL
-), turns AS (
-    SELECT id, due_at, 0 AS turn FROM lapsed
-    UNION ALL
-    SELECT id, due_at, row_number() OVER (PARTITION BY fid ORDER BY due_at, id) FROM per_function
-), chosen AS (
-    SELECT id FROM turns ORDER BY turn, due_at, id LIMIT %(limit)s
-)
-UPDATE {TABLE} AS q
-SET worker_id = %(worker)s, due_at = %(lease_end)s, lease_token = q.lease_token + 1, claims = q.claims + 1
-FROM chosen WHERE q.id = chosen.id
-RETURNING q.id, q.kind, q.run_id, q.event_id, q.step_id, q.lease_token, q.claims
-"""
-
-# SQLite has one writer at a time, so a single UPDATE ... WHERE id IN (...) is the
-# compare-and-set: no other connection can claim the same rows in between. Same order as
-# on PostgreSQL (SQLite is for development: a window over the due items is fine there).
-_CLAIM_SQLITE = f"""
-UPDATE {TABLE}
-SET worker_id = %(worker)s, due_at = %(lease_end)s, lease_token = lease_token + 1, claims = claims + 1
-WHERE id IN (
-    SELECT id FROM (
-        SELECT id, due_at,
-               CASE WHEN worker_id <> '' THEN 0
-                    ELSE row_number() OVER (PARTITION BY function_id, worker_id <> '' ORDER BY due_at, id)
-               END AS turn
-        FROM {TABLE} WHERE due_at IS NOT NULL AND due_at <= %(now)s
-    ) ORDER BY turn, due_at, id LIMIT %(limit)s
-)
-RETURNING id, kind, run_id, event_id, step_id, lease_token, claims
-"""
 
 
 @dataclass(frozen=True)
@@ -101,31 +42,98 @@ def _db_value(db: str, value: datetime) -> object:
 
 
 def claim(worker_id: str, limit: int, *, db: str | None = None) -> list[Claimed]:
-    """Claim up to ``limit`` due items for ``worker_id`` in one statement."""
+    """Claim up to ``limit`` due items for ``worker_id``, concurrency limits respected.
+
+    PostgreSQL: one statement (``queries.CLAIM_POSTGRES``) claims lapsed leases and the
+    lanes without a limit, and names the limited lanes that may have a free slot; those
+    are claimed under a per-lane lock (``_claim_limited``). SQLite: one statement.
+    """
     if limit <= 0:
         return []
+    from . import queries
+
     db = db or conf.database()
     connection = connections[db]
     now = clock.now()
     lease_end = _db_value(db, now + lease_duration())
+    params = {"limit": limit, "worker": worker_id, "lease_end": lease_end}
+    if connection.vendor != "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(queries.CLAIM_SQLITE, {**params, "now": _db_value(db, now)})
+            return _claims(cursor.fetchall())
+    params["now"] = now
+    params["after"] = _lane_cursor.get((db, worker_id), "")
+    params["scan"] = LIMITED_LANES_PER_CLAIM
     # One statement: in autocommit it is its own transaction (no BEGIN/COMMIT round trips).
-    postgres = connection.vendor == "postgresql"
-    params = {"now": now if postgres else _db_value(db, now), "limit": limit, "worker": worker_id, "lease_end": lease_end}
-    with connection.cursor() as cursor:
-        cursor.execute(_CLAIM_POSTGRES if postgres else _CLAIM_SQLITE, params)
-        rows = cursor.fetchall()
+    rows = _execute(db, queries.CLAIM_POSTGRES, {**params, "reserve": True})
+    claimed = [row for row in rows if row[0] is not None]
+    limited = [(row[7], row[8], row[9]) for row in rows if row[0] is None and row[1] is None]
+    for row in rows:
+        if row[1] == "scan":  # where this look at the limited lanes ended: the next goes on from there
+            _lane_cursor[(db, worker_id)] = row[7] if row[8] >= params["scan"] else ""
+    if limited:
+        kept_back = min(len(limited), (limit + 1) // 2)  # the statement's reserve
+        binding = len(claimed) == limit - kept_back  # unlimited work may have been left out
+        claimed += _claim_limited(db, limited, {**params, "limit": limit - len(claimed)})
+        if binding and len(claimed) < limit:
+            # The slots kept for limited lanes were not all used (another worker holds the
+            # lane's lock, the hint was stale): give them to unlimited work at once.
+            more = _execute(db, queries.CLAIM_POSTGRES, {**params, "limit": limit - len(claimed), "reserve": False})
+            claimed += [row for row in more if row[0] is not None]
+    return _claims(claimed)
+
+
+# Limited lanes looked at per claim (at least), and where each worker's last look ended.
+LIMITED_LANES_PER_CLAIM = 16
+_lane_cursor: dict[tuple[str, str], str] = {}
+
+
+def _execute(db: str, sql: str, params: dict) -> list[tuple]:
+    with connections[db].cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def _claim_limited(db: str, lanes: list[tuple[str, int, str]], params: dict) -> list[tuple]:
+    """Claim from lanes with a concurrency limit: lock them (skipping any another worker
+    is claiming), then count their held items and claim, in a new snapshot."""
+    from django.db import transaction
+
+    from . import queries
+
+    if params["limit"] <= 0:
+        return []
+    keys = sorted({lane for lane, _, _ in lanes} | {lane2 for _, _, lane2 in lanes if lane2})
+    with transaction.atomic(using=db):
+        locked = {row[0] for row in _execute(db, queries.LOCK_LANES_POSTGRES, {"keys": keys})}
+        mine = [(lane, limit) for lane, limit, _ in lanes if lane in locked]
+        if not mine:
+            return []
+        return _execute(db, queries.CLAIM_LIMITED_POSTGRES, {
+            **params,
+            "lanes": [lane for lane, _ in mine], "limits": [limit for _, limit in mine],
+            "lanes2": [lane2 for _, _, lane2 in lanes if lane2 and lane2 in locked],
+        })
+
+
+def _claims(rows: list[tuple]) -> list[Claimed]:
     return [
         Claimed(
-            id=row[0],
-            kind=row[1],
-            run_id=_uuid_str(row[2]),
-            event_id=_uuid_str(row[3]),
-            step_id=row[4],
-            token=row[5],
-            claims=row[6],
+            id=row[0], kind=row[1], run_id=_uuid_str(row[2]), event_id=_uuid_str(row[3]),
+            step_id=row[4], token=row[5], claims=row[6],
         )
         for row in sorted(rows, key=lambda r: r[0])
     ]
+
+
+def held(item: Claimed, db: str) -> QuerySet:
+    """The item, only while this claim still holds it: every write a worker makes to an
+    item it claimed goes through here (or through a statement of ``queries`` that checks
+    the same token). A worker that took the item over bumped the token: a stale worker's
+    update or delete matches nothing."""
+    from ..models import QueueItem
+
+    return QueueItem.objects.using(db).filter(pk=item.id, lease_token=item.token)
 
 
 def _uuid_str(value: object) -> str | None:
@@ -143,13 +151,12 @@ def heartbeat(worker_id: str, item_ids: Iterable[int], *, db: str | None = None)
     if not ids:
         return set()
     db = db or conf.database()
+    from . import queries
+
     lease_end = _db_value(db, clock.now() + lease_duration())
     placeholders = ", ".join(["%s"] * len(ids))
     with connections[db].cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {TABLE} SET due_at = %s WHERE worker_id = %s AND id IN ({placeholders}) RETURNING id",
-            [lease_end, worker_id, *ids],
-        )
+        cursor.execute(queries.HEARTBEAT.format(ids=placeholders), [lease_end, worker_id, *ids])
         return {row[0] for row in cursor.fetchall()}
 
 

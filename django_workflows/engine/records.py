@@ -25,6 +25,9 @@ class StepRecord:
     ended_at: datetime | None = None
     scheduled_at: datetime | None = None
     stored: bool = field(default=False, compare=False)  # a row exists already
+    # When the attempt running now began: its Attempt row is written with the checkpoint
+    # that ends it (then this goes back to None).
+    attempt_started_at: datetime | None = field(default=None, compare=False)
 
 
 class StepOutputError(NonRetriableError):

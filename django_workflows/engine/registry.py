@@ -6,6 +6,7 @@ the other code defines: cron schedules are removed only when no live worker defi
 
 from __future__ import annotations
 
+import os
 import socket
 from datetime import timedelta
 
@@ -19,17 +20,21 @@ def defined_schedules() -> list[list[str]]:
     return sorted([fn.id, trigger.cron] for fn in registry.all() for trigger in fn.cron_triggers)
 
 
-def registry_touch(db: str, worker_id: str, *, started: bool = False) -> None:
-    """Record that this worker is alive (one UPDATE; an INSERT the first time)."""
+def registry_touch(
+    db: str, worker_id: str, *, started: bool = False, threads: int = 0, in_hand: int = 0, processed: int = 0
+) -> None:
+    """Record that this worker is alive and what it does (one UPDATE; an INSERT the first time)."""
     now = clock.now()
-    if not started and WorkerRecord.objects.using(db).filter(pk=worker_id).update(last_seen_at=now):
+    facts = {"last_seen_at": now, "items_in_hand": in_hand, "processed": processed, "threads": threads}
+    if not started and WorkerRecord.objects.using(db).filter(pk=worker_id).update(**facts):
         return
     WorkerRecord.objects.using(db).update_or_create(
         pk=worker_id,
         defaults={
+            **facts,
             "hostname": socket.gethostname()[:255],
+            "pid": os.getpid(),
             "started_at": now,
-            "last_seen_at": now,
             "functions": sorted(fn.id for fn in registry.all()),
             "schedules": defined_schedules(),
         },

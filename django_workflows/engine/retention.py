@@ -46,6 +46,23 @@ def prune(db: str, *, now: datetime | None = None, batch: int = 500) -> int:
             SeenEventId.objects.using(db).filter(event_id__in=event_ids).delete()
             Event.objects.using(db).filter(pk__in=event_ids).delete()
         SeenEventId.objects.using(db).filter(seen_at__lt=now - DEDUP_WINDOW).delete()
+        _prune_flow_slots(db, now)
     if ids or event_ids:
         logger.info("pruned %d runs and %d events past retention", len(ids), len(event_ids))
     return len(ids)
+
+
+def _prune_flow_slots(db: str, now: datetime) -> None:
+    """Flow control state that no longer decides anything: idempotency keys past their
+    24 h, throttle and rate limit states whose GCRA time has passed (a fresh state is the
+    same), and slots whose run is gone."""
+    from ..flow_control import IDEMPOTENCY_WINDOW
+    from ..models import FlowSlot
+
+    slots = FlowSlot.objects.using(db)
+    slots.filter(kind="idempotency", opened_at__lt=now - IDEMPOTENCY_WINDOW).delete()
+    slots.filter(kind__in=["throttle", "throttle_start", "rate_limit"], tat__lt=now).delete()
+    # Old ones only: a slot being taken right now points at a run not committed yet.
+    slots.filter(kind__in=["singleton", "debounce", "batch"], opened_at__lt=now - timedelta(hours=1)).exclude(
+        Exists(Run.objects.using(db).filter(pk=OuterRef("run_id")))
+    ).delete()

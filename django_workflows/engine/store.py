@@ -6,6 +6,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -13,76 +14,20 @@ from typing import Any, TypeVar
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
 from django.db.models import Case, Value, When
 
-from .. import conf, jsonenc
+from .. import conf
 from ..context import EventInfo, Suspend
+from ..durations import format_duration
 from ..errors import UnknownFunctionError
 from ..functions import registry
-from ..models import Event, QueueItem, Run, Step, Waiter
+from ..models import Attempt, Event, QueueItem, Run, Step, Waiter
 from ..states import FINISHED_STATUSES, QueueKind, RunStatus, StepStatus, WaiterKind
-from . import clock, lifecycle
+from . import admission, clock, lifecycle, queries, queue
 from .executor import CheckpointFailed, LeaseLost, Outcome, execute
 from .queue import Claimed, lease_duration
 from .records import StepRecord, one_line
 
 logger = logging.getLogger("django_workflows.worker")
 T = TypeVar("T")
-
-_QUEUE = QueueItem._meta.db_table
-_STEP = Step._meta.db_table
-_RUN = Run._meta.db_table
-_WAITER = Waiter._meta.db_table
-
-# PostgreSQL: one statement per checkpoint. The CTE's UPDATE takes the item's row lock
-# and matches only while this worker's lease token is current, so a stale worker
-# writes nothing; in autocommit the statement is its own transaction (one round trip).
-_RECORD_STEP_POSTGRES = f"""
-WITH lease AS (
-    UPDATE {_QUEUE} SET claims = 0 WHERE id = %s AND lease_token = %s RETURNING id
-)
-INSERT INTO {_STEP} (run_id, step_id, kind, status, output, error, attempts, started_at, ended_at, scheduled_at)
-SELECT %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s, %s, %s FROM lease
-ON CONFLICT (run_id, step_id) DO UPDATE SET
-    kind = EXCLUDED.kind, status = EXCLUDED.status, output = EXCLUDED.output, error = EXCLUDED.error,
-    attempts = EXCLUDED.attempts, started_at = EXCLUDED.started_at, ended_at = EXCLUDED.ended_at,
-    scheduled_at = EXCLUDED.scheduled_at
-RETURNING id
-"""
-
-_FINISH_POSTGRES = f"""
-WITH lease AS (
-    DELETE FROM {_QUEUE} WHERE id = %s AND lease_token = %s RETURNING run_id
-), finished AS (
-    UPDATE {_RUN} SET status = %s, output = %s::jsonb, error = %s::jsonb, ended_at = %s
-    WHERE id IN (SELECT run_id FROM lease) RETURNING id
-), other_items AS (
-    DELETE FROM {_QUEUE} WHERE run_id IN (SELECT id FROM finished) AND id <> %s
-), waiters AS (
-    DELETE FROM {_WAITER} WHERE run_id IN (SELECT id FROM finished)
-)
-SELECT count(*) FROM finished
-"""
-
-
-_EVENT = Event._meta.db_table
-
-# PostgreSQL: the run, its trigger event and its recorded steps in one round trip; a
-# queued run is marked running by the same statement (the SELECT sees the row as it was).
-_LOAD_RUN_POSTGRES = f"""
-WITH started AS (
-    UPDATE {_RUN} SET status = 'running', started_at = %s WHERE id = %s AND status = 'queued' RETURNING id
-)
-SELECT r.function_id, r.status, r.attempts, r.queued_at, r.started_at, r.parent_run_id, r.parent_step_id,
-       r.batch_event_ids, r.event_id, e.name, e.data, e.ts, e.received_at, e.dedup_id,
-       r.status_detail, r.held_since,
-       (SELECT json_agg(json_build_object(
-            'step_id', s.step_id, 'kind', s.kind, 'status', s.status, 'output', s.output, 'error', s.error,
-            'attempts', s.attempts, 'started_at', s.started_at, 'ended_at', s.ended_at,
-            'scheduled_at', s.scheduled_at) ORDER BY s.id)
-        FROM {_STEP} s WHERE s.run_id = r.id)
-FROM {_RUN} r LEFT JOIN {_EVENT} e ON e.id = r.event_id
-WHERE r.id = %s
-"""
-
 
 def _decoded(value: Any) -> Any:
     # Django has psycopg hand jsonb columns over as text (JSONField decodes them itself).
@@ -104,7 +49,7 @@ def load_run(db: str, run_id: str, now: datetime) -> tuple[Run | None, dict[str,
             )
         return run, load_steps(db, run_id) if run is not None else {}
     with connections[db].cursor() as cursor:
-        cursor.execute(_LOAD_RUN_POSTGRES, [now, run_id, run_id])
+        cursor.execute(queries.LOAD_RUN_POSTGRES, {"now": now, "run": run_id})
         row = cursor.fetchone()
     if row is None:
         return None, {}
@@ -129,10 +74,6 @@ def load_run(db: str, run_id: str, now: datetime) -> tuple[Run | None, dict[str,
     return run, records
 
 
-def _jsonb(value: Any) -> str | None:
-    return None if value is None else jsonenc.dumps(value)
-
-
 # A lost connection (the database restarted, a backend was terminated) is worth retrying
 # on a new connection; anything else (a constraint, bad data) would fail the same way again.
 TRANSIENT_ERRORS = (OperationalError, InterfaceError)
@@ -144,9 +85,11 @@ class DatabaseCheckpointer:
 
     def __init__(
         self, db: str, item: Claimed, run: Run, stopping: threading.Event | None, deadline: datetime | None = None,
-        lease_renewed_at: Callable[[], float] | None = None,
+        lease_renewed_at: Callable[[], float] | None = None, worker_id: str = "",
     ) -> None:
         self.db = db
+        self.worker_id = worker_id
+        self.began = clock.now()  # the handler's attempt (its code between steps) began here
         self.item = item
         self.run = run
         self.run_id = str(run.pk)
@@ -188,12 +131,7 @@ class DatabaseCheckpointer:
                 lifecycle.lock_event_names(self.db, exclusive=lock_names)
                 # The UPDATE takes the item's row lock: a worker that took the item over has
                 # bumped the token, so a stale worker matches nothing and writes nothing.
-                held = (
-                    QueueItem.objects.using(self.db)
-                    .filter(pk=self.item.id, lease_token=self.item.token)
-                    .update(claims=0)
-                )
-                if not held:
+                if not queue.held(self.item, self.db).update(claims=0):
                     raise LeaseLost()
                 return write()
 
@@ -208,11 +146,7 @@ class DatabaseCheckpointer:
         if time.monotonic() - known < lease_duration().total_seconds() / 2:
             return
         lease_end = clock.now() + lease_duration()
-        renewed = self._retrying(
-            lambda: QueueItem.objects.using(self.db)
-            .filter(pk=self.item.id, lease_token=self.item.token)
-            .update(due_at=lease_end)
-        )
+        renewed = self._retrying(lambda: queue.held(self.item, self.db).update(due_at=lease_end))
         if not renewed:
             logger.warning("run %s: lease lapsed while this worker was stalled; another worker has it", self.run_id)
             raise LeaseLost()
@@ -247,21 +181,38 @@ class DatabaseCheckpointer:
         if not steps.filter(run_id=self.run_id, step_id=record.step_id).update(**fields):
             steps.create(run_id=self.run_id, step_id=record.step_id, **fields)
 
+    def _write_attempt(self, step_id: str, number: int, started_at: datetime, outcome: str, error: dict | None) -> None:
+        Attempt.objects.using(self.db).create(
+            run_id=self.run_id, step_id=step_id, number=number, started_at=started_at, ended_at=clock.now(),
+            outcome=outcome, error=error, worker_id=self.worker_id,
+        )
+
+    def _write_step_attempt(self, record: StepRecord) -> None:
+        """The attempt that ``record``'s checkpoint ends, if its code ran (once)."""
+        if record.attempt_started_at is not None:
+            self._write_attempt(record.step_id, record.attempts, record.attempt_started_at, record.status, record.error)
+
     def record_step(self, record: StepRecord) -> None:
         if connections[self.db].vendor != "postgresql":
-            self._in_lease(lambda: self._write_step(record))
-            record.stored = True
-            return
-        params = [
-            self.item.id, self.item.token, self.run_id, record.step_id, record.kind, record.status,
-            _jsonb(record.output), _jsonb(record.error), record.attempts,
-            record.started_at, record.ended_at, record.scheduled_at,
-        ]
-        if not self._execute(_RECORD_STEP_POSTGRES, params):
-            raise LeaseLost()
-        record.stored = True
+            def write() -> None:
+                self._write_step(record)
+                self._write_step_attempt(record)
 
-    def _execute(self, sql: str, params: list) -> Any:
+            self._in_lease(write)
+            record.stored, record.attempt_started_at = True, None
+            return
+        params = {
+            "item": self.item.id, "token": self.item.token, "run": self.run_id, "step_id": record.step_id,
+            "kind": record.kind, "status": record.status, "output": queries.jsonb(record.output),
+            "error": queries.jsonb(record.error), "attempts": record.attempts, "started_at": record.started_at,
+            "ended_at": record.ended_at, "scheduled_at": record.scheduled_at,
+            "attempt_started_at": record.attempt_started_at, "worker": self.worker_id,
+        }
+        if not self._execute(queries.RECORD_STEP_POSTGRES, params):
+            raise LeaseLost()
+        record.stored, record.attempt_started_at = True, None
+
+    def _execute(self, sql: str, params: dict) -> Any:
         """One fenced statement (its CTE checks the lease token), retried on a new connection."""
 
         def attempt() -> Any:
@@ -272,7 +223,12 @@ class DatabaseCheckpointer:
 
         return self._retrying(attempt)
 
-    def suspend(self, signal: Suspend | None, *, until: datetime | None, run_attempts: int | None = None) -> None:
+    def suspend(
+        self, signal: Suspend | None, *, until: datetime | None, run_attempts: int | None = None,
+        error: dict | None = None,
+    ) -> None:
+        """Park the run until ``until`` (or until woken). ``error``: the handler's code
+        between steps failed (attempt ``run_attempts``) and is retried then."""
         if self.deadline is not None and (until is None or until > self.deadline):
             until = self.deadline
         now = clock.now()
@@ -281,6 +237,8 @@ class DatabaseCheckpointer:
             wake_at = (self._start_effects(signal, now) if signal is not None else None) or until
             if run_attempts is not None:
                 Run.objects.using(self.db).filter(pk=self.run_id).update(attempts=run_attempts)
+            if error is not None:
+                self._write_attempt("", run_attempts or 1, self.began, StepStatus.RETRYING, error)
             # Woken while we held it (an event, an invoked run or the last branch arrived):
             # due now instead of parked.
             QueueItem.objects.using(self.db).filter(pk=self.item.id).update(
@@ -293,18 +251,21 @@ class DatabaseCheckpointer:
     def _start_effects(self, signal: Suspend, now: datetime) -> datetime | None:
         """Write what a suspending step starts; returns an earlier wake-up time if it needs one."""
         if signal.invoke is not None and signal.pending is not None:
-            if lifecycle.start_invoked_run(self.db, self.run, signal.invoke, now=now) is None:
+            child, refusal = lifecycle.start_invoked_run(self.db, self.run, signal.invoke, now=now)
+            if child is None:
                 pending = signal.pending
                 pending.status, pending.ended_at = StepStatus.FAILED, now
                 pending.error = {
-                    "name": "FunctionPaused",
-                    "message": f"cannot invoke {signal.invoke.function_id!r}: the function is paused",
+                    "name": refusal.name,
+                    "message": f"cannot invoke {signal.invoke.function_id!r}: {refusal.message}",
                     "stack": "",
                 }
                 self._write_step(pending)
                 return now  # resume at once: the invoke raises StepError
         if signal.pending is not None:
             self._write_step(signal.pending)
+            self._write_step_attempt(signal.pending)  # a step that failed and is retried later
+            signal.pending.attempt_started_at = None
         if signal.wait is not None:
             wait = signal.wait
             trigger = lifecycle._run_trigger(self.run)
@@ -323,41 +284,49 @@ class DatabaseCheckpointer:
                 .filter(run_id=self.run_id, kind=QueueKind.BRANCH)
                 .values_list("step_id", flat=True)
             )
+            # Branches execute steps: they count against the run's concurrency lanes.
+            lanes = QueueItem.objects.using(self.db).filter(pk=self.item.id).values(
+                "lane", "lane_limit", "lane2", "lane2_limit"
+            ).first() or {"lane": self.run.function_id}
             QueueItem.objects.using(self.db).bulk_create([
                 QueueItem(
                     kind=QueueKind.BRANCH, run_id=self.run_id, function_id=self.run.function_id,
-                    step_id=sid, due_at=now,
+                    step_id=sid, due_at=now, **lanes,
                 )
                 for sid in signal.branches if sid not in existing
             ])
         return None
 
-    def _finish(self, *, output: Any = None, error: dict | None = None) -> None:
+    def _finish(self, *, output: Any = None, error: dict | None = None, handler_failed: bool = False) -> None:
+        """End the run through ``lifecycle.end_run`` (the one way a run ends), then its
+        hooks (system events, a waiting parent). A run nothing waits on ends in one
+        statement on PostgreSQL, outside any transaction."""
         status = RunStatus.COMPLETED if error is None else RunStatus.FAILED
-        quiet = not self.run.parent_run_id and not registry.listened("workflows/function.finished") and (
-            error is None or not registry.listened("workflows/function.failed")
-        )
-        if quiet and connections[self.db].vendor == "postgresql":
-            # Nothing waits on this run: end it in one statement.
-            params = [self.item.id, self.item.token, status, _jsonb(output), _jsonb(error), clock.now(), self.item.id]
-            if not self._execute(_FINISH_POSTGRES, params):
-                raise LeaseLost()
-            return
+
         def write() -> None:
-            Run.objects.using(self.db).filter(pk=self.run_id).update(
-                ended_at=clock.now(), status=status, output=output, error=error
-            )
-            QueueItem.objects.using(self.db).filter(run_id=self.run_id).delete()
-            Waiter.objects.using(self.db).filter(run_id=self.run_id).delete()
+            if handler_failed:  # the handler's code between steps failed for good: its last attempt
+                self._write_attempt("", self.run.attempts + 1, self.began, StepStatus.FAILED, error)
+            if not lifecycle.end_run(self.db, self.run_id, status=status, output=output, error=error, held=self.item):
+                raise LeaseLost()
             lifecycle.run_finished(self.db, self.run, output=output, error=error)
 
-        self._in_lease(write)
+        quiet = lifecycle.finish_is_quiet(self.run, failed=error is not None) and not handler_failed
+        if quiet and connections[self.db].vendor == "postgresql":
+            self._retrying(write)
+        else:
+            self._retrying(lambda: self._atomic(write))
+
+    def _atomic(self, write: Callable[[], T]) -> T:
+        with transaction.atomic(using=self.db, savepoint=connections[self.db].in_atomic_block):
+            return write()
 
     def complete(self, output: Any) -> None:
         self._finish(output=output)
 
     def fail(self, error: dict) -> None:
-        self._finish(error=error)
+        # A step that spent its retries fails the run with its step_id; its attempts are
+        # recorded. Any other error is the handler's own, between steps.
+        self._finish(error=error, handler_failed="step_id" not in error)
 
     def send_events(self, events: list) -> list[str]:
         from ..events import store_events
@@ -407,6 +376,15 @@ def event_info(event: Event | None, fallback_ts: datetime) -> EventInfo:
     return EventInfo(id=event.dedup_id or str(event.id), name=event.name, data=event.data, ts=event.ts)
 
 
+def run_events(db: str, run: Run) -> list[EventInfo]:
+    """``ctx.events``: the run's batch of events (in the order they came), or its one event."""
+    ids = run.batch_event_ids or []
+    if len(ids) <= 1:
+        return [event_info(run.event, run.queued_at)]
+    found = Event.objects.using(db).in_bulk([uuid.UUID(str(pk)) for pk in ids])
+    return [event_info(found[uuid.UUID(str(pk))], run.queued_at) for pk in ids if uuid.UUID(str(pk)) in found]
+
+
 def load_steps(db: str, run_id: str, step_id: str | None = None) -> dict[str, StepRecord]:
     steps = Step.objects.using(db).filter(run_id=run_id)
     if step_id is not None:
@@ -434,7 +412,7 @@ UNKNOWN_FUNCTION_GIVE_UP = timedelta(hours=24)
 
 def process_run(
     item: Claimed, *, db: str, stopping: threading.Event | None = None,
-    lease_renewed_at: Callable[[], float] | None = None,
+    lease_renewed_at: Callable[[], float] | None = None, worker_id: str = "",
 ) -> Outcome | None:
     """Run or resume the run behind a claimed item (or one parallel branch of it).
 
@@ -442,7 +420,7 @@ def process_run(
     (after retries) ends this attempt, and the item is taken again once its lease lapses.
     """
     try:
-        return _process_run(item, db=db, stopping=stopping, lease_renewed_at=lease_renewed_at)
+        return _process_run(item, db=db, stopping=stopping, lease_renewed_at=lease_renewed_at, worker_id=worker_id)
     except LeaseLost:
         return Outcome.LOST
     except CheckpointFailed as exc:
@@ -452,14 +430,15 @@ def process_run(
 
 
 def _process_run(
-    item: Claimed, *, db: str, stopping: threading.Event | None, lease_renewed_at: Callable[[], float] | None
+    item: Claimed, *, db: str, stopping: threading.Event | None, lease_renewed_at: Callable[[], float] | None,
+    worker_id: str = "",
 ) -> Outcome | None:
     now = clock.now()
     run, steps = load_run(db, str(item.run_id), now)
     if run is None or run.status in FINISHED_STATUSES:
         _drop(db, item)
         return None
-    checkpointer = DatabaseCheckpointer(db, item, run, stopping, lease_renewed_at=lease_renewed_at)
+    checkpointer = DatabaseCheckpointer(db, item, run, stopping, lease_renewed_at=lease_renewed_at, worker_id=worker_id)
     try:
         function = registry.get(run.function_id)
     except UnknownFunctionError as exc:
@@ -475,6 +454,14 @@ def _process_run(
         )
     if _timed_out(db, function, run, now):
         return Outcome.FAILED
+    if run.status == RunStatus.QUEUED and function.flow.throttle is not None:
+        turn = admission.throttle_gate(db, function, run, now)
+        if turn is not None and not turn.reserved:
+            return _hold_for_throttle(checkpointer, run, turn.at)
+        if turn is not None:  # its turn is a few milliseconds away: wait for it, then start
+            time.sleep(max(0.0, (turn.at - clock.now()).total_seconds()))
+            now = turn.at  # the run starts at its turn (started_at is what the limit is kept on)
+            Run.objects.using(db).filter(pk=run.pk).update(started_at=now)
     if run.status == RunStatus.QUEUED:
         run.started_at = now
         logger.info("run started: %s %s", run.function_id, run.pk)
@@ -484,7 +471,7 @@ def _process_run(
     outcome = execute(
         function,
         run_id=str(run.pk),
-        events=[event_info(run.event, run.queued_at)],
+        events=run_events(db, run),
         steps=steps,
         run_attempts=run.attempts,
         checkpointer=checkpointer,
@@ -492,11 +479,14 @@ def _process_run(
     )
     if item.kind == QueueKind.BRANCH:
         return outcome
-    elapsed = (time.monotonic() - started) * 1000
-    if outcome is Outcome.COMPLETED:
-        logger.info("run completed: %s %s (%.1f ms)", run.function_id, run.pk, elapsed)
-    elif outcome is Outcome.FAILED:
-        logger.warning("run failed: %s %s", run.function_id, run.pk)
+    if outcome in (Outcome.COMPLETED, Outcome.FAILED):
+        # The run's whole duration (sleeps and retries included), and this last execution's.
+        whole = clock.now() - run.started_at if run.started_at else None
+        took = f"{format_duration(whole) or '?'}, last execution {(time.monotonic() - started) * 1000:.0f} ms"
+        if outcome is Outcome.COMPLETED:
+            logger.info("run completed: %s %s in %s", run.function_id, run.pk, took)
+        else:
+            logger.error("run failed: %s %s after %s (see its error in the admin)", run.function_id, run.pk, took)
     return outcome
 
 
@@ -519,6 +509,23 @@ def _hold_for_unknown_function(checkpointer: DatabaseCheckpointer, run: Run, now
         Run.objects.using(checkpointer.db).filter(pk=run.pk).update(status_detail=detail, held_since=held_since)
         QueueItem.objects.using(checkpointer.db).filter(pk=checkpointer.item.id).update(
             worker_id="", claims=0, due_at=retry_at
+        )
+
+    checkpointer._in_lease(write)
+    return Outcome.SUSPENDED
+
+
+def _hold_for_throttle(checkpointer: DatabaseCheckpointer, run: Run, start_at: datetime) -> Outcome:
+    """Not this run's turn yet: it stays queued (not started) and is due at its turn."""
+    rule = registry.get(run.function_id).flow.throttle
+    detail = f"throttled: {rule.limit} starts per {rule.period}; starts at {start_at.isoformat()}"
+
+    def write() -> None:
+        Run.objects.using(checkpointer.db).filter(pk=run.pk).update(
+            status=RunStatus.QUEUED, started_at=None, status_detail=detail, held_since=run.held_since or clock.now()
+        )
+        QueueItem.objects.using(checkpointer.db).filter(pk=checkpointer.item.id).update(
+            worker_id="", claims=0, due_at=start_at
         )
 
     checkpointer._in_lease(write)
@@ -554,4 +561,4 @@ def _fail_early(checkpointer: DatabaseCheckpointer, run: Run, name: str, message
 
 
 def _drop(db: str, item: Claimed) -> None:
-    QueueItem.objects.using(db).filter(pk=item.id, lease_token=item.token).delete()
+    queue.held(item, db).delete()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 
-import psycopg
 from django.db import connections, transaction
 
 from .. import conf
@@ -68,6 +67,8 @@ class Listener(threading.Thread):
         backoff = 0.5
         while not self.stopping.is_set():
             try:
+                import psycopg  # only here: projects on SQLite need no libpq
+
                 with psycopg.connect(**params, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     backoff = 0.5

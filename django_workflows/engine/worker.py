@@ -35,7 +35,7 @@ CLAIM_BACKOFF_MAX = 2.0
 
 def process_items(
     items: list[Claimed], *, db: str, stopping: threading.Event | None = None,
-    lease_renewed_at: Callable[[int], float] | None = None,
+    lease_renewed_at: Callable[[int], float] | None = None, worker_id: str = "",
 ) -> None:
     """Process claimed items: events together in one transaction, runs one by one.
 
@@ -47,7 +47,7 @@ def process_items(
     for item in items:
         if item.kind in (QueueKind.RUN, QueueKind.BRANCH):
             renewed = (lambda item_id=item.id: lease_renewed_at(item_id)) if lease_renewed_at else None
-            process_run(item, db=db, stopping=stopping, lease_renewed_at=renewed)
+            process_run(item, db=db, stopping=stopping, lease_renewed_at=renewed, worker_id=worker_id)
         elif item.kind == QueueKind.CRON:
             cron.process_cron_item(item, db=db)
         elif item.kind != QueueKind.EVENT:
@@ -86,6 +86,17 @@ class Worker:
         """Stop claiming; in-flight runs stop before their next step (see ``shutdown``)."""
         self.stopping.set()
         self.wake.set()
+
+    def describe_in_flight(self) -> str:
+        """What this worker is running, for the first Ctrl-C ("2 runs: 0199… , …")."""
+        with self._lock:
+            items = list(self._in_flight.values())
+        runs = [item for item in items if item.run_id]
+        if not runs:
+            return f"{len(items)} event batch item(s)" if items else ""
+        shown = ", ".join(f"run {item.run_id}" + (f" (branch {item.step_id})" if item.step_id else "") for item in runs[:5])
+        more = f" and {len(runs) - 5} more" if len(runs) > 5 else ""
+        return f"{len(runs)} running: {shown}{more}"
 
     def run(self) -> None:
         vendor = connections[self.db].vendor
@@ -134,7 +145,7 @@ class Worker:
         for helper in self._helpers:
             if helper.ident is not None:  # started
                 helper.join(timeout=5)
-        logger.info("worker %s stopped after %d items", self.id, self.processed)
+        logger.info("worker %s stopped after %d item%s", self.id, self.processed, "" if self.processed == 1 else "s")
 
     # -- loops -------------------------------------------------------------------------------
 
@@ -215,7 +226,12 @@ class Worker:
                 self._next_due = None
         if self._next_due is None:
             return idle
-        return max(0.0, min(idle, (self._next_due - clock.now()).total_seconds()))
+        until_due = (self._next_due - clock.now()).total_seconds()
+        if until_due <= 0:
+            # Due but not claimed: held back by a concurrency limit (or being claimed by
+            # another worker). Poll with backoff; a finishing item wakes this loop at once.
+            return idle
+        return min(idle, until_due)
 
     def _thread_loop(self) -> None:
         try:
@@ -277,7 +293,9 @@ class Worker:
         if batch[0].kind == QueueKind.EVENT and not self.stopping.is_set():
             self._intake(batch)
         else:
-            process_items(batch, db=self.db, stopping=self.stopping, lease_renewed_at=self._lease_renewed_at)
+            process_items(
+                batch, db=self.db, stopping=self.stopping, lease_renewed_at=self._lease_renewed_at, worker_id=self.id
+            )
 
     def _intake(self, batch: list[Claimed]) -> None:
         """Take in events and keep as many of the new runs as there are idle threads."""
@@ -305,7 +323,9 @@ class Worker:
                     with self._lock:
                         for item_id in renewed & self._renewed.keys():
                             self._renewed[item_id] = beat_at
-                    registry_touch(self.db, self.id)
+                    registry_touch(
+                        self.db, self.id, threads=self.concurrency, in_hand=len(self._in_flight), processed=self.processed
+                    )
                 except Exception as exc:
                     logger.warning("worker %s: heartbeat failed (%s)", self.id, one_line(exc))
                     connections[self.db].close()
@@ -324,7 +344,7 @@ class Worker:
             try:
                 clock.sync(self.db)
                 schedules = cron.sync_schedules(self.db)
-                registry_touch(self.db, self.id, started=True)
+                registry_touch(self.db, self.id, started=True, threads=self.concurrency)
                 if schedules:
                     logger.info("worker %s: %d cron schedules", self.id, schedules)
                 return True
