@@ -289,3 +289,44 @@ def test_not_yet_implemented_list_is_still_true() -> None:
             assert not hasattr(wf, name), (
                 f"wf.{name} exists now: move it out of 'Not implemented yet'"
             )
+
+
+# -- one heading per concept ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=_label)
+def test_no_page_repeats_a_heading(path: Path) -> None:
+    """One heading per concept: no two headings of a page (any level, ATX ``#`` or setext
+    ``===``/``---``, outside code blocks) have the same text, compared case-insensitively."""
+    headings: list[tuple[int, str]] = []
+    fence = previous = ""
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if fence:
+            if re.fullmatch(rf" {{0,3}}{re.escape(fence[0])}{{{len(fence)},}}\s*", line):
+                fence = ""
+            previous = ""
+            continue
+        opening = re.match(r" {0,3}(`{3,}|~{3,})", line)
+        if opening:
+            fence, previous = opening.group(1), ""
+            continue
+        atx = re.fullmatch(r" {0,3}#{1,6}(?:\s+(.*?))?(?:\s+#+)?\s*", line)
+        underline = re.fullmatch(r" {0,3}(=+|-+)\s*", line)
+        if atx:
+            headings.append((number, atx.group(1) or ""))
+            previous = ""
+        elif underline and previous.strip() and not re.match(r" {0,3}([-*+>|]|\d+[.)])", previous):
+            headings.append((number - 1, previous))
+            previous = ""
+        else:
+            previous = line
+    seen: dict[str, int] = {}
+    repeated = []
+    for number, text in headings:
+        key = " ".join(text.split()).casefold()
+        if key in seen:
+            repeated.append(f"{path.name}:{number}: {text.strip()!r} repeats line {seen[key]}")
+        else:
+            seen[key] = number
+    message = "\n".join(repeated)
+    assert not repeated, f"duplicated headings (merge each into one section):\n{message}"

@@ -410,21 +410,21 @@ def test_replaying_a_live_run_is_refused():
 def test_a_cancel_taken_in_while_its_run_was_being_started_still_cancels(monkeypatch):
     """Another worker takes in the cancel event after the trigger's intake looked for
     waiters and before it stored the new run's cancel rule."""
-    from django_workflows.engine import lifecycle
+    from django_workflows.engine import admission
 
     sent: list = []
     define_drip(sent)
     wf.send("user.signup", data={"email": "race@example.com"})
     trigger_batch = claim_all("worker-a")
     wf.send("user.deleted", data={"email": "race@example.com"})
-    real_insert = lifecycle.insert_runs
+    real_insert = admission.insert_runs
 
     def insert_after_the_other_worker(db, pairs, **kwargs):
         # The other worker's whole intake happens here: it finds no cancel rule yet.
         process_events(claim_all("worker-b"), db=db)
         return real_insert(db, pairs, **kwargs)
 
-    monkeypatch.setattr(lifecycle, "insert_runs", insert_after_the_other_worker)
+    monkeypatch.setattr(admission, "insert_runs", insert_after_the_other_worker)
     process_events(trigger_batch, db="default")
     monkeypatch.undo()
     assert Run.objects.get(function_id="drip").status == "cancelled"

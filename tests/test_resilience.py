@@ -466,7 +466,7 @@ def test_a_large_send_stores_every_event_exactly_and_in_order():
 
 def _backlog(function_id: str, count: int, due, kind: str = "run") -> None:
     QueueItem.objects.bulk_create(
-        [QueueItem(kind=kind, function_id=function_id, due_at=due) for _ in range(count)]
+        [QueueItem(kind=kind, function_id=function_id, lane=function_id, due_at=due) for _ in range(count)]
     )
 
 

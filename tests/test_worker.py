@@ -194,10 +194,10 @@ def test_worker_logs_startup_and_each_runs_start_finish_and_failure(caplog, thre
     assert f"({connection.vendor})" in startup[0]
     assert f"run started: wk-ok {ok_run.id}" in messages
     assert f"run started: wk-bad {bad_run.id}" in messages
-    assert any(m.startswith(f"run completed: wk-ok {ok_run.id}") and m.endswith(" ms)") for m in messages)
-    assert any(m.startswith(f"run failed: wk-bad {bad_run.id}") for m in messages)
+    assert any(m.startswith(f"run completed: wk-ok {ok_run.id} in ") and "last execution" in m for m in messages)
+    assert any(m.startswith(f"run failed: wk-bad {bad_run.id} after ") for m in messages)
     failure = next(r for r in caplog.records if r.getMessage().startswith("run failed: wk-bad"))
-    assert failure.levelno == logging.WARNING
+    assert failure.levelno == logging.ERROR
     assert any("nothing due, exiting (--burst)" in m for m in messages)
 
 
