@@ -34,10 +34,10 @@ def fill(count: int, function_id: str, due_sql: str) -> None:
         cursor.execute(
             f"""
             INSERT INTO django_workflows_queue (kind, function_id, step_id, due_at, worker_id,
-                lease_token, claims, wake)
-            SELECT 'run', %s, '', {due_sql}, '', 0, 0, false FROM generate_series(1, %s)
+                lease_token, claims, wake, lane, lane_limit, lane2, lane2_limit)
+            SELECT 'run', %s, '', {due_sql}, '', 0, 0, false, %s, 0, '', 0 FROM generate_series(1, %s)
             """,
-            [function_id, count],
+            [function_id, function_id, count],
         )
         cursor.execute("ANALYZE django_workflows_queue")
 

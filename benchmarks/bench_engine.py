@@ -384,6 +384,16 @@ def cpu_model() -> str:
     return "unknown CPU"
 
 
+def git_revision() -> str:
+    """``git describe`` of the checkout the benchmark runs (``-dirty`` with local changes)."""
+    try:
+        return subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def machine_description() -> list[str]:
     from django import get_version
     from django.db import connection
@@ -397,18 +407,22 @@ def machine_description() -> list[str]:
             "WHERE name IN ('fsync', 'synchronous_commit', 'shared_buffers', 'max_connections')"
         )
         pg_settings = cursor.fetchone()[0]
-    try:
-        revision = subprocess.run(
-            ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True, timeout=10
-        ).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        revision = "unknown"
     return [
-        f"django-workflows at {revision}",
+        f"django-workflows at {git_revision()}",
         f"CPU: {cpu}, {os.cpu_count()} cores; {platform.system()} {platform.release()}",
         f"Python {platform.python_version()}, Django {get_version()}, PostgreSQL {pg_version} "
         f"({pg_settings}), same machine, TCP on 127.0.0.1",
     ]
+
+
+def background_load_line() -> str:
+    """How busy the machine is before a benchmark starts (one second's sample), to print."""
+    busy0 = machine_busy_seconds()
+    time.sleep(1)
+    background = (machine_busy_seconds() - busy0) / (os.cpu_count() or 1)
+    warning = "  (WARNING: other work on this machine skews the figures)" if background > 0.1 else ""
+    return (f"background load before starting: {background:.0%} of all CPUs busy, load average "
+            f"{os.getloadavg()[0]:.1f}{warning}")
 
 
 def verdict(ok: bool) -> str:
@@ -458,12 +472,7 @@ def main() -> None:
     counts = [int(n) for n in args.processes.split(",")]
     log_dir = Path(tempfile.mkdtemp(prefix="wf-bench-"))
     print("\n".join(machine_description()))
-    busy0 = machine_busy_seconds()
-    time.sleep(1)
-    background = (machine_busy_seconds() - busy0) / (os.cpu_count() or 1)
-    print(f"background load before starting: {background:.0%} of all CPUs busy, load average "
-          f"{os.getloadavg()[0]:.1f}" + ("  (WARNING: other work on this machine skews the figures)"
-                                          if background > 0.1 else ""))
+    print(background_load_line())
     print(f"workers: {args.concurrency} threads per process; {args.repeat} repetitions, medians shown; "
           f"{args.runs} 1-step runs, {args.step_runs} x {bench_workflows.STEPS_PER_RUN}-step runs, "
           f"{args.latency_events} latency events {args.latency_gap * 1000:.0f} ms apart", flush=True)

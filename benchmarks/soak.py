@@ -238,7 +238,10 @@ def read_rss_kb(pid: int) -> int | None:
 
 
 def machine_lines(cluster: Cluster) -> list[str]:
-    from bench_engine import cpu_model  # benchmarks/ is on sys.path: this script's own folder
+    from bench_engine import (  # benchmarks/ is on sys.path: this script's own folder
+        cpu_model,
+        git_revision,
+    )
 
     cpu = cpu_model()
     with cluster.connect() as conn:
@@ -253,14 +256,8 @@ def machine_lines(cluster: Cluster) -> list[str]:
         django_version = django.get_version()
     except ImportError:
         django_version = "?"
-    try:
-        revision = subprocess.run(
-            ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True, timeout=10
-        ).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        revision = "unknown"
     return [
-        f"django-workflows at {revision} ({ROOT})",
+        f"django-workflows at {git_revision()} ({ROOT})",
         f"CPU: {cpu}, {os.cpu_count()} cores; {platform.system()} {platform.release()}; "
         f"load average before the start {' '.join(Path('/proc/loadavg').read_text().split()[:3])}",
         f"Python {platform.python_version()}, Django {django_version}, PostgreSQL {pg_version} "
