@@ -331,7 +331,8 @@ def cancel_run(db: str, run_id: Any, *, reason: str) -> bool:
 # ``end_run``: the run gets its status, and everything it held is let go: its queue
 # items (so its concurrency slots), its waiters, and the flow control slots it holds
 # (a singleton key, an open debounce or batch). On PostgreSQL it is one statement
-# (queries.END_RUN / END_HELD_RUN); elsewhere the same writes one by one.
+# (queries.END_RUN / END_HELD_RUNS, the latter shared by the runs a process's threads
+# end at the same moment: group_commit.py); elsewhere the same writes one by one.
 # Idempotency slots are kept: the key stays taken for 24 h after the run.
 RELEASED_SLOT_KINDS = ("singleton", "debounce", "batch")
 
@@ -342,16 +343,25 @@ def end_run(
 ) -> bool:
     """End an unfinished run; with ``held``, only while that lease is held. False if not."""
     from ..models import FlowSlot
-    from . import queries
+    from . import group_commit, queries
 
     now = clock.now()
     if connections[db].vendor == "postgresql":
+        if held is not None:
+            row = {
+                "item": held.id, "token": held.token, "run": str(run_id), "status": status, "output": output, "error": error,
+                "now": now.isoformat(),
+            }
+            if connections[db].in_atomic_block:  # with the caller's other writes
+                return group_commit.write_run_ends(db, [row])[0]
+            # Outside a transaction: with the ends other threads of this process have ready.
+            return group_commit.run_ends(db).submit(row)
         params = {
             "run": str(run_id), "status": status, "output": queries.jsonb(output), "error": queries.jsonb(error),
-            "now": now, "item": held.id if held else None, "token": held.token if held else None,
+            "now": now,
         }
         with connections[db].cursor() as cursor:
-            cursor.execute(queries.END_HELD_RUN if held else queries.END_RUN, params)
+            cursor.execute(queries.END_RUN, params)
             return bool(cursor.fetchone()[0])
     if held is not None and not queue.held(held, db).delete()[0]:
         return False

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import jsonenc
+from django.db import connections
+
+from .. import conf, jsonenc
 from ..models import Attempt, Event, FlowSlot, QueueItem, Run, Step, Waiter
 
 QUEUE = QueueItem._meta.db_table
@@ -25,6 +27,22 @@ FLOW_SLOT = FlowSlot._meta.db_table
 ATTEMPT = Attempt._meta.db_table
 
 FINISHED = "('completed', 'failed', 'cancelled')"
+
+try:
+    import psycopg
+except ImportError:  # projects on SQLite need no libpq
+    psycopg = None
+
+if psycopg is not None:
+
+    class PreparedCursor(psycopg.Cursor):
+        """Server-side binding, every statement prepared (Django turns psycopg's automatic
+        preparation off, and its client-side cursor sends each statement as new text)."""
+
+        def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None,
+                    binary: bool | None = None) -> Any:
+            return super().execute(query, params, prepare=True, binary=binary)
+
 # Advisory-lock class of concurrency lanes ("WL"); event names use 0x5746 (lifecycle.py).
 LANE_LOCK_CLASS = 0x574C
 
@@ -32,6 +50,67 @@ LANE_LOCK_CLASS = 0x574C
 def jsonb(value: Any) -> str | None:
     return None if value is None else jsonenc.dumps(value)
 
+
+def cursor(db: str) -> Any:
+    """A cursor for this module's statements on PostgreSQL: prepared on the server (parsed
+    and planned once per connection: planning the claim cost more than running it) unless
+    ``PREPARED_STATEMENTS`` is off. Django's cursor wrapper still maps errors and logs queries.
+    """
+    connection = connections[db]
+    # While Django logs queries (DEBUG, assertNumQueries) the statements go as text: the log
+    # of a prepared statement's execution would have no SQL in it.
+    if not conf.get("PREPARED_STATEMENTS") or connection.queries_logged:
+        return connection.cursor()
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        _use_generic_plans(connection)
+        # What connection.cursor() would give, with a cursor that prepares.
+        return connection.make_cursor(PreparedCursor(connection.connection))
+
+
+def _use_generic_plans(connection: Any) -> None:
+    """Have this connection's prepared statements keep one plan. PostgreSQL's own choice
+    (``plan_cache_mode = auto``) kept re-planning them for every claim and step: each plan
+    cost as much as running the statement. Every one of them reaches its rows through
+    indexes whatever the parameters, so a generic plan is as good. Only this module's
+    statements are prepared (Django's cursors bind on the client), unless the project has
+    turned ``server_side_binding`` on: then its own queries are left to ``auto``."""
+    raw = connection.connection
+    if getattr(raw, "_workflows_generic_plans", False) or connection.in_atomic_block:
+        return  # (inside a transaction a rollback would undo the SET: next time)
+    if not connection.settings_dict.get("OPTIONS", {}).get("server_side_binding"):
+        # Django turns psycopg's preparation off (prepare_threshold None), which would
+        # ignore prepare=True too; its client-side cursors never prepare whatever it is.
+        raw.prepare_threshold = 5
+        raw.execute("SET plan_cache_mode = force_generic_plan")
+    raw._workflows_generic_plans = True
+
+
+def fetch(db: str, sql: str, params: dict) -> list[tuple]:
+    """Run one of this module's statements; its rows."""
+    with cursor(db) as c:
+        c.execute(sql, params)
+        return c.fetchall()
+
+
+def columns(model: Any, *, skip: tuple[str, ...] = ()) -> str:
+    return ", ".join(f.column for f in model._meta.concrete_fields if f.column not in skip)
+
+
+# -- new runs -------------------------------------------------------------------------------
+
+# PostgreSQL: admission's new runs and their queue items in one statement. ``runs`` and
+# ``items`` are JSON arrays of rows keyed by column name (``admission.insert_runs``), typed
+# by the tables' own row types, so a column added to a model needs no change here. The
+# items' foreign key to their run is checked at commit (Django's constraints are deferred).
+INSERT_RUNS_POSTGRES = f"""
+WITH runs AS (
+    INSERT INTO {RUN} SELECT * FROM jsonb_populate_recordset(NULL::{RUN}, %(runs)s::jsonb)
+)
+INSERT INTO {QUEUE} ({columns(QueueItem, skip=("id",))})
+SELECT {columns(QueueItem, skip=("id",))} FROM jsonb_populate_recordset(NULL::{QUEUE}, %(items)s::jsonb)
+RETURNING id, run_id
+"""
 
 # -- claim ----------------------------------------------------------------------------------
 #
@@ -126,14 +205,14 @@ CLAIM_LIMITED_POSTGRES = f"""
 WITH lanes AS (
     SELECT * FROM unnest(%(lanes)s::text[], %(limits)s::int[]) AS l(lane, lane_limit)
 ), used AS (
-    SELECT lane, count(*) AS n FROM {QUEUE} WHERE worker_id <> '' AND lane = ANY(%(lanes)s) GROUP BY lane
+    SELECT lane, count(*) AS n FROM {QUEUE} WHERE worker_id <> '' AND lane = ANY(%(lanes)s::text[]) GROUP BY lane
 ), used2 AS (
-    SELECT lane2, count(*) AS n FROM {QUEUE} WHERE worker_id <> '' AND lane2 = ANY(%(lanes2)s) GROUP BY lane2
+    SELECT lane2, count(*) AS n FROM {QUEUE} WHERE worker_id <> '' AND lane2 = ANY(%(lanes2)s::text[]) GROUP BY lane2
 ), candidates AS (
     SELECT c.* FROM lanes l CROSS JOIN LATERAL (
         SELECT id, due_at, lane, lane2, lane2_limit FROM {QUEUE}
         WHERE lane = l.lane AND due_at IS NOT NULL AND lane_limit > 0 AND due_at <= %(now)s AND worker_id = ''
-          AND (lane2 = '' OR lane2 = ANY(%(lanes2)s))
+          AND (lane2 = '' OR lane2 = ANY(%(lanes2)s::text[]))
         ORDER BY due_at, id
         LIMIT GREATEST(l.lane_limit - COALESCE((SELECT n FROM used WHERE used.lane = l.lane), 0), 0)
         FOR UPDATE SKIP LOCKED
@@ -189,35 +268,49 @@ HEARTBEAT = f"UPDATE {QUEUE} SET due_at = %s WHERE worker_id = %s AND id IN ({{i
 
 # -- checkpoint -----------------------------------------------------------------------------
 
-# PostgreSQL: one statement per step. The CTE's UPDATE takes the item's row lock and
-# matches only while this worker's lease token is current; in autocommit the statement
-# is its own transaction (one round trip). The attempt that ended is appended to the
-# attempt history by the same statement (when the step's code ran).
-RECORD_STEP_POSTGRES = f"""
-WITH lease AS (
-    UPDATE {QUEUE} SET claims = 0 WHERE id = %(item)s AND lease_token = %(token)s RETURNING id
+# PostgreSQL: the checkpoints of one or many runs' steps in one statement (``group_commit``
+# gathers those of a process's threads), in autocommit its own transaction. ``rows`` is a
+# JSON array, one object per step (timestamps as ISO text). Each row's UPDATE of its queue
+# item takes the item's row lock and matches only while that worker's lease token is
+# current: a row whose lease was lost writes nothing, and is missing from the (run_id,
+# step_id) pairs returned. The attempt that ended is appended to the attempt history by
+# the same statement (when the step's code ran).
+RECORD_STEPS_POSTGRES = f"""
+WITH input AS (
+    SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS i(
+        item bigint, token bigint, run uuid, step_id text, kind text, status text, output jsonb, error jsonb,
+        attempts integer, started_at timestamptz, ended_at timestamptz, scheduled_at timestamptz,
+        attempt_started_at timestamptz, worker text)
+), lease AS (
+    UPDATE {QUEUE} q SET claims = 0
+    WHERE q.id = ANY(ARRAY(SELECT item FROM input)) AND q.lease_token = (SELECT token FROM input WHERE item = q.id)
+    RETURNING q.id
+), held AS (
+    SELECT * FROM input WHERE item IN (SELECT id FROM lease)
 ), attempt AS (
     INSERT INTO {ATTEMPT} (run_id, step_id, number, started_at, ended_at, outcome, error, worker_id)
-    SELECT %(run)s, %(step_id)s, %(attempts)s, %(attempt_started_at)s, %(ended_at)s, %(status)s,
-           %(error)s::jsonb, %(worker)s
-    FROM lease WHERE %(attempt_started_at)s::timestamptz IS NOT NULL
+    SELECT run, step_id, attempts, attempt_started_at, ended_at, status, error, worker
+    FROM held WHERE attempt_started_at IS NOT NULL
 )
 INSERT INTO {STEP} (run_id, step_id, kind, status, output, error, attempts, started_at, ended_at, scheduled_at)
-SELECT %(run)s, %(step_id)s, %(kind)s, %(status)s, %(output)s::jsonb, %(error)s::jsonb, %(attempts)s,
-       %(started_at)s, %(ended_at)s, %(scheduled_at)s FROM lease
+SELECT run, step_id, kind, status, output, error, attempts, started_at, ended_at, scheduled_at FROM held
 ON CONFLICT (run_id, step_id) DO UPDATE SET
     kind = EXCLUDED.kind, status = EXCLUDED.status, output = EXCLUDED.output, error = EXCLUDED.error,
     attempts = EXCLUDED.attempts, started_at = EXCLUDED.started_at, ended_at = EXCLUDED.ended_at,
     scheduled_at = EXCLUDED.scheduled_at
-RETURNING id
+RETURNING run_id, step_id
 """
+
+# (The batch statements reach rows by primary key, ``= ANY(ARRAY(...))``: prepared, they
+# run a generic plan that must not depend on how big the tables were when it was made.)
 
 # -- the end of a run -----------------------------------------------------------------------
 #
 # lifecycle.end_run: the run gets its status and lets go of what it held: its queue items
 # (its concurrency slots with them), its waiters, and its singleton, debounce and batch
-# slots. END_HELD_RUN does it only while the worker holds the item (the run finished);
-# END_RUN unconditionally (a cancel). Both do nothing to a run that has already ended.
+# slots. END_HELD_RUNS does it only while the worker holds the item (the run finished),
+# for one or many runs (``group_commit`` gathers the ends of a process's threads); END_RUN
+# unconditionally (a cancel). Both do nothing to a run that has already ended.
 _END_EFFECTS = f"""
 ), other_items AS (
     DELETE FROM {QUEUE} WHERE run_id IN (SELECT id FROM ended)
@@ -225,23 +318,34 @@ _END_EFFECTS = f"""
     DELETE FROM {WAITER} WHERE run_id IN (SELECT id FROM ended)
 ), slots AS (
     DELETE FROM {FLOW_SLOT} WHERE run_id IN (SELECT id FROM ended) AND kind IN ('singleton', 'debounce', 'batch')
-)
-SELECT count(*) FROM ended
-"""
+)"""
 
-END_HELD_RUN = f"""
-WITH lease AS (
-    DELETE FROM {QUEUE} WHERE id = %(item)s AND lease_token = %(token)s RETURNING run_id
+# ``rows``: a JSON array of {item, token, run, status, output, error, now} (``run`` is
+# the caller's, for matching the ids returned). Returns the ids of
+# the runs it ended: a row whose lease was lost ends nothing.
+END_HELD_RUNS = f"""
+WITH input AS (
+    SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS i(
+        item bigint, token bigint, run uuid, status text, output jsonb, error jsonb, now timestamptz)
+), lease AS (
+    DELETE FROM {QUEUE} q
+    WHERE q.id = ANY(ARRAY(SELECT item FROM input)) AND q.lease_token = (SELECT token FROM input WHERE item = q.id)
+    RETURNING q.run_id
 ), ended AS (
-    UPDATE {RUN} SET status = %(status)s, output = %(output)s::jsonb, error = %(error)s::jsonb, ended_at = %(now)s
-    WHERE id IN (SELECT run_id FROM lease) AND status NOT IN {FINISHED} RETURNING id
-{_END_EFFECTS}"""
+    UPDATE {RUN} r SET status = i.status, output = i.output, error = i.error, ended_at = i.now FROM input i
+    WHERE r.id = ANY(ARRAY(SELECT run_id FROM lease)) AND i.run = r.id AND r.status NOT IN {FINISHED}
+    RETURNING r.id
+{_END_EFFECTS}
+SELECT id FROM ended
+"""
 
 END_RUN = f"""
 WITH ended AS (
     UPDATE {RUN} SET status = %(status)s, output = %(output)s::jsonb, error = %(error)s::jsonb, ended_at = %(now)s
     WHERE id = %(run)s AND status NOT IN {FINISHED} RETURNING id
-{_END_EFFECTS}"""
+{_END_EFFECTS}
+SELECT count(*) FROM ended
+"""
 
 # -- loading a run --------------------------------------------------------------------------
 

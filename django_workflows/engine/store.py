@@ -21,7 +21,7 @@ from ..errors import UnknownFunctionError
 from ..functions import registry
 from ..models import Attempt, Event, QueueItem, Run, Step, Waiter
 from ..states import FINISHED_STATUSES, QueueKind, RunStatus, StepStatus, WaiterKind
-from . import admission, clock, lifecycle, queries, queue
+from . import admission, clock, group_commit, lifecycle, queries, queue
 from .executor import CheckpointFailed, LeaseLost, Outcome, execute
 from .queue import Claimed, lease_duration
 from .records import StepRecord, one_line
@@ -32,6 +32,10 @@ T = TypeVar("T")
 def _decoded(value: Any) -> Any:
     # Django has psycopg hand jsonb columns over as text (JSONField decodes them itself).
     return json.loads(value) if isinstance(value, str) else value
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
 
 
 def _moment(value: str | None) -> datetime | None:
@@ -48,9 +52,8 @@ def load_run(db: str, run_id: str, now: datetime) -> tuple[Run | None, dict[str,
                 status=RunStatus.RUNNING, started_at=now
             )
         return run, load_steps(db, run_id) if run is not None else {}
-    with connections[db].cursor() as cursor:
-        cursor.execute(queries.LOAD_RUN_POSTGRES, {"now": now, "run": run_id})
-        row = cursor.fetchone()
+    rows = queries.fetch(db, queries.LOAD_RUN_POSTGRES, {"now": now, "run": str(run_id)})
+    row = rows[0] if rows else None
     if row is None:
         return None, {}
     (function_id, status, attempts, queued_at, started_at, parent_run_id, parent_step_id,
@@ -201,27 +204,20 @@ class DatabaseCheckpointer:
             self._in_lease(write)
             record.stored, record.attempt_started_at = True, None
             return
-        params = {
+        row = {
             "item": self.item.id, "token": self.item.token, "run": self.run_id, "step_id": record.step_id,
-            "kind": record.kind, "status": record.status, "output": queries.jsonb(record.output),
-            "error": queries.jsonb(record.error), "attempts": record.attempts, "started_at": record.started_at,
-            "ended_at": record.ended_at, "scheduled_at": record.scheduled_at,
-            "attempt_started_at": record.attempt_started_at, "worker": self.worker_id,
+            "kind": record.kind, "status": record.status, "output": record.output, "error": record.error,
+            "attempts": record.attempts, "started_at": _iso(record.started_at), "ended_at": _iso(record.ended_at),
+            "scheduled_at": _iso(record.scheduled_at), "attempt_started_at": _iso(record.attempt_started_at),
+            "worker": self.worker_id,
         }
-        if not self._execute(queries.RECORD_STEP_POSTGRES, params):
+        if connections[self.db].in_atomic_block:  # a test's transaction: this connection only
+            stored = self._retrying(lambda: group_commit.write_checkpoints(self.db, [row])[0])
+        else:  # with whatever the process's other threads have ready: one commit for all
+            stored = self._retrying(lambda: group_commit.checkpoints(self.db).submit(row))
+        if not stored:
             raise LeaseLost()
         record.stored, record.attempt_started_at = True, None
-
-    def _execute(self, sql: str, params: dict) -> Any:
-        """One fenced statement (its CTE checks the lease token), retried on a new connection."""
-
-        def attempt() -> Any:
-            with connections[self.db].cursor() as cursor:
-                cursor.execute(sql, params)
-                row = cursor.fetchone()
-            return row[0] if row else None
-
-        return self._retrying(attempt)
 
     def suspend(
         self, signal: Suspend | None, *, until: datetime | None, run_attempts: int | None = None,
