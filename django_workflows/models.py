@@ -205,8 +205,11 @@ class QueueItem(models.Model):
     id = models.BigAutoField(primary_key=True)
     kind = models.CharField(max_length=16, choices=QueueKind.choices)
     run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    # Indexed only where set (wf_queue_event_idx, and the schedule's unique constraint): run
+    # items, nearly all of them, have neither, and every claim rewrites an item's index
+    # entries (due_at and worker_id change), so entries for NULLs would only cost writes.
     event = models.ForeignKey(
-        Event, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+        Event, null=True, blank=True, on_delete=models.CASCADE, related_name="+", db_index=False
     )
     step_id = models.CharField(max_length=255, blank=True, default="")
     due_at = models.DateTimeField(null=True, blank=True)
@@ -219,7 +222,7 @@ class QueueItem(models.Model):
         default=False, help_text=_("Woken while leased: the holder re-queues it instead of parking it.")
     )
     schedule = models.ForeignKey(
-        "CronSchedule", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+        "CronSchedule", null=True, blank=True, on_delete=models.CASCADE, related_name="+", db_index=False
     )
     function_id = models.CharField(
         max_length=255, blank=True, default="", help_text=_("The run's function ('' for events).")
@@ -257,6 +260,7 @@ class QueueItem(models.Model):
                 fields=["lane2"], name="wf_queue_held_lane2_idx",
                 condition=~models.Q(worker_id="") & ~models.Q(lane2=""),
             ),
+            models.Index(fields=["event"], name="wf_queue_event_idx", condition=models.Q(event__isnull=False)),
             # Leased items (few): lapsed leases are taken over before any backlog.
             models.Index(
                 fields=["due_at"], name="wf_queue_leased_idx",

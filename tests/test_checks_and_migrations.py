@@ -39,6 +39,20 @@ def test_every_migration_is_applied_to_the_test_database():
     assert "0001_initial" in applied
 
 
+@pytest.mark.django_db
+def test_every_declared_index_and_constraint_exists_in_the_database():
+    """The migrations build what the models declare (a field's AlterField once dropped a
+    unique constraint on its column without a trace in the migration state)."""
+    from django.apps import apps
+
+    with connection.cursor() as cursor:
+        for model in apps.get_app_config("django_workflows").get_models():
+            table = model._meta.db_table
+            found = set(connection.introspection.get_constraints(cursor, table))
+            declared = {i.name for i in model._meta.indexes} | {c.name for c in model._meta.constraints}
+            assert declared <= found, f"{table}: missing {sorted(declared - found)}"
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_apps_migrations_reverse_and_apply_again():
     tables = set(connection.introspection.table_names())
@@ -223,3 +237,12 @@ def test_runworkers_processes_2_on_sqlite_warns_w001(sqlite_alias, monkeypatch):
     call_command("runworkers", "--processes", "2", "--burst", skip_checks=False, stderr=err, stdout=StringIO())
     assert seen == {"processes": 2, "problems": ["django_workflows.W001"]}
     assert "django_workflows.W001" in err.getvalue()
+
+
+@pytest.mark.parametrize("key", ["NOTIFY", "PREPARED_STATEMENTS"])
+@pytest.mark.parametrize("value", [0, "False", None])
+def test_non_boolean_switches_are_e006(wf_settings, key, value):
+    wf_settings(**{key: value})
+    problems = checks.check_settings()
+    assert ids(problems) == ["django_workflows.E006"]
+    assert key in problems[0].msg and repr(value) in problems[0].msg
