@@ -47,6 +47,11 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
             problems.append(
                 Error(f"DJANGO_WORKFLOWS[{key!r}] must be a finite positive number, got {value!r}.", id="django_workflows.E004")
             )
+    for key in ("NOTIFY", "PREPARED_STATEMENTS"):
+        if not isinstance(conf.get(key), bool):
+            problems.append(
+                Error(f"DJANGO_WORKFLOWS[{key!r}] must be True or False, got {conf.get(key)!r}.", id="django_workflows.E006")
+            )
     database = settings.DATABASES[alias]
     if database.get("ENGINE", "").endswith("sqlite3"):
         problems.extend(_sqlite_checks(database))

@@ -24,6 +24,10 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CRASHES": 10,
     # NOTIFY after commit to wake idle workers at once (PostgreSQL only).
     "NOTIFY": True,
+    # Prepare the engine's hot statements on the server (PostgreSQL): planned once per
+    # connection instead of at every claim and step. False behind PgBouncer in transaction
+    # pooling mode before 1.21 (or without max_prepared_statements).
+    "PREPARED_STATEMENTS": True,
     # Seconds a starting worker waits for an unreachable database before it gives up.
     "STARTUP_TIMEOUT": 600.0,
     # Limits, with Inngest's defaults. Over a limit: a clear error, and nothing is stored.

@@ -89,9 +89,9 @@ _lane_cursor: dict[tuple[str, str], str] = {}
 
 
 def _execute(db: str, sql: str, params: dict) -> list[tuple]:
-    with connections[db].cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall()
+    from . import queries
+
+    return queries.fetch(db, sql, params)
 
 
 def _claim_limited(db: str, lanes: list[tuple[str, int, str]], params: dict) -> list[tuple]:
