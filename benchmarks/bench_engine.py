@@ -22,6 +22,7 @@ See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -450,6 +451,8 @@ def main() -> None:
                         help="experiment: connect workers through this Unix socket directory, e.g. /var/run/postgresql")
     parser.add_argument("--profile", action="store_true", help="also profile one worker thread in-process")
     parser.add_argument("--profile-runs", type=int, default=100, help="10-step runs to profile (default 100)")
+    parser.add_argument("--json", metavar="PATH", default="",
+                        help="also write the table of medians as JSON to PATH (bench_peers.py reads it)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.server_side_binding:
@@ -505,6 +508,8 @@ def main() -> None:
             pool.stop()
 
     print_table(table, args)
+    if args.json:
+        write_json(table, args)
     if args.profile:
         profile_in_process(args.profile_runs)
     connection.close()
@@ -517,6 +522,16 @@ def _brief(kind: str, r: dict) -> str:
     if kind == "steps":
         return f"{r['steps_per_s']:.0f} steps/s"
     return f"latency p50 {r['p50']:.1f} ms p99 {r['p99']:.1f} ms"
+
+
+def write_json(table: dict[int, dict[str, dict]], args: argparse.Namespace) -> None:
+    """The medians by process count ("runs", "steps", "latency" as in the table), for scripts."""
+    settings = {key: getattr(args, key) for key in (
+        "concurrency", "repeat", "runs", "step_runs", "latency_events", "latency_gap")}
+    Path(args.json).write_text(json.dumps({
+        "revision": git_revision(), "settings": settings,
+        "table": {str(processes): r for processes, r in table.items()},
+    }, indent=1) + "\n")
 
 
 def print_table(table: dict[int, dict[str, dict]], args: argparse.Namespace) -> None:
