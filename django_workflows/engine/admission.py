@@ -25,7 +25,7 @@ from django.db import connections, transaction
 
 from .. import jsonenc
 from ..flow_control import IDEMPOTENCY_WINDOW, PRIORITY_MAX_SECONDS, key_text
-from ..functions import Function
+from ..functions import Function, registry
 from ..models import Event, FlowSlot, QueueItem, Run, Waiter
 from ..states import FINISHED_STATUSES, QueueKind, RunStatus, WaiterKind
 from . import clock, lifecycle, queries
@@ -388,6 +388,8 @@ def insert_runs(
         )
         if keep_for and len(kept) < keep_max and new.due <= now and not lanes.limited:
             item.due_at, item.worker_id, item.lease_token, item.claims = lease_end, keep_for, 1, 1
+            if not _throttled(new.run.function_id):  # (a throttled run passes its gate when it starts)
+                new.run.status, new.run.started_at = RunStatus.RUNNING, now
             kept.append(item)
         items.append(item)
     if connections[db].vendor == "postgresql":
@@ -398,10 +400,19 @@ def insert_runs(
     waiters = [w for new in new_runs for w in lifecycle.cancel_waiters(new.run)]
     if waiters:
         lifecycle.add_waiters(db, waiters)
+    runs = {new.run.pk: new.run for new in new_runs}
     return [
-        Claimed(id=item.pk, kind=QueueKind.RUN, run_id=str(item.run_id), event_id=None, step_id="", token=1, claims=1)
+        Claimed(
+            id=item.pk, kind=QueueKind.RUN, run_id=str(item.run_id), event_id=None, step_id="", token=1, claims=1,
+            fresh_run=run if (run := runs[item.run_id]).status == RunStatus.RUNNING else None,
+        )
         for item in kept
     ]
+
+
+def _throttled(function_id: str) -> bool:
+    function = registry._functions.get(function_id)
+    return function is None or function.flow.throttle is not None
 
 
 def _insert_postgres(db: str, runs: list[Run], items: list[QueueItem]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -337,6 +338,15 @@ def cancel_run(db: str, run_id: Any, *, reason: str) -> bool:
 RELEASED_SLOT_KINDS = ("singleton", "debounce", "batch")
 
 
+# How many runs this thread has ended (tried to): intake hands the runs it has just started
+# to its threads as they are in memory, unless a run may have ended in the same batch.
+_ends = threading.local()
+
+
+def ends_so_far() -> int:
+    return getattr(_ends, "count", 0)
+
+
 def end_run(
     db: str, run_id: Any, *, status: str, output: Any = None, error: dict | None = None,
     held: Claimed | None = None,
@@ -345,6 +355,7 @@ def end_run(
     from ..models import FlowSlot
     from . import group_commit, queries
 
+    _ends.count = ends_so_far() + 1
     now = clock.now()
     if connections[db].vendor == "postgresql":
         if held is not None:

@@ -430,7 +430,8 @@ def _process_run(
     worker_id: str = "",
 ) -> Outcome | None:
     now = clock.now()
-    run, steps = load_run(db, str(item.run_id), now)
+    fresh = item.fresh_run is not None  # created by this worker's intake, already running
+    run, steps = (item.fresh_run, {}) if fresh else load_run(db, str(item.run_id), now)
     if run is None or run.status in FINISHED_STATUSES:
         _drop(db, item)
         return None
@@ -460,6 +461,7 @@ def _process_run(
             Run.objects.using(db).filter(pk=run.pk).update(started_at=now)
     if run.status == RunStatus.QUEUED:
         run.started_at = now
+    if run.status == RunStatus.QUEUED or fresh:
         logger.info("run started: %s %s", run.function_id, run.pk)
     if function.timeouts is not None and function.timeouts.finish_delta is not None:
         checkpointer.deadline = run.started_at + function.timeouts.finish_delta
