@@ -97,6 +97,11 @@ def columns(model: Any, *, skip: tuple[str, ...] = ()) -> str:
     return ", ".join(f.column for f in model._meta.concrete_fields if f.column not in skip)
 
 
+# -- events ---------------------------------------------------------------------------------
+
+# Intake: the events of a claimed batch (every column, for ``Event.from_db``).
+LOAD_EVENTS_POSTGRES = f"SELECT {columns(Event)} FROM {EVENT} WHERE id = ANY(%(ids)s::uuid[])"
+
 # -- new runs -------------------------------------------------------------------------------
 
 # PostgreSQL: admission's new runs and their queue items in one statement. ``runs`` and
@@ -313,11 +318,11 @@ RETURNING run_id, step_id
 # unconditionally (a cancel). Both do nothing to a run that has already ended.
 _END_EFFECTS = f"""
 ), other_items AS (
-    DELETE FROM {QUEUE} WHERE run_id IN (SELECT id FROM ended)
+    DELETE FROM {QUEUE} WHERE run_id = ANY(ARRAY(SELECT id FROM ended))
 ), waiters AS (
-    DELETE FROM {WAITER} WHERE run_id IN (SELECT id FROM ended)
+    DELETE FROM {WAITER} WHERE run_id = ANY(ARRAY(SELECT id FROM ended))
 ), slots AS (
-    DELETE FROM {FLOW_SLOT} WHERE run_id IN (SELECT id FROM ended) AND kind IN ('singleton', 'debounce', 'batch')
+    DELETE FROM {FLOW_SLOT} WHERE run_id = ANY(ARRAY(SELECT id FROM ended)) AND kind IN ('singleton', 'debounce', 'batch')
 )"""
 
 # ``rows``: a JSON array of {item, token, run, status, output, error, now} (``run`` is

@@ -171,8 +171,12 @@ class Worker:
                 self._in_flight.update((item.id, item) for item in items)
                 self._renewed.update((item.id, claimed_at) for item in items)
             # New events go to one thread as a batch (one intake transaction); runs one each.
+            # An idle worker woken for events alone takes them in on this thread, on the
+            # connection the claim has just used: no hand-off between event and run.
             events = [item for item in items if item.kind == QueueKind.EVENT]
-            if events:
+            if events and was_idle and len(events) == len(items):
+                self._handle(events)
+            elif events:
                 self._tasks.put(events)
             for item in items:
                 if item.kind != QueueKind.EVENT:
@@ -236,24 +240,27 @@ class Worker:
     def _thread_loop(self) -> None:
         try:
             while (batch := self._tasks.get()) is not None:
-                with self._lock:
-                    self._running += 1
-                try:
-                    self._process(batch)
-                except BaseException as exc:  # noqa: B036 - the thread must live on
-                    # Nothing a batch raises may end the thread or leave its items leased
-                    # (the heartbeat renewing them) with no thread to run them: give them back.
-                    self._release_failed(batch, exc)
-                finally:
-                    with self._lock:
-                        for item in batch:
-                            self._in_flight.pop(item.id, None)
-                            self._renewed.pop(item.id, None)
-                        self.processed += len(batch)
-                        self._running -= 1
-                    self.wake.set()
+                self._handle(batch)
         finally:
             connections.close_all()  # this thread's connections
+
+    def _handle(self, batch: list[Claimed]) -> None:
+        with self._lock:
+            self._running += 1
+        try:
+            self._process(batch)
+        except BaseException as exc:  # noqa: B036 - the thread must live on
+            # Nothing a batch raises may end the thread or leave its items leased
+            # (the heartbeat renewing them) with no thread to run them: give them back.
+            self._release_failed(batch, exc)
+        finally:
+            with self._lock:
+                for item in batch:
+                    self._in_flight.pop(item.id, None)
+                    self._renewed.pop(item.id, None)
+                self.processed += len(batch)
+                self._running -= 1
+            self.wake.set()
 
     def _release_failed(self, batch: list[Claimed], exc: BaseException) -> None:
         """Give a failed batch back.
