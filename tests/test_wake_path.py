@@ -99,3 +99,23 @@ def test_an_idle_worker_takes_events_in_on_its_claim_thread(one_step, monkeypatc
         thread.join(10)
     assert seen[:1] == ["claim-loop"]
     assert one_step and one_step[0].startswith("wf-worker-")  # the run itself on a worker thread
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_backlog_of_events_is_taken_in_by_one_batch(one_step):
+    """A claim gives one item per free thread; the events behind it join the same intake
+    transaction (up to EVENT_BATCH), the oldest first, and no event is claimed twice."""
+    from django_workflows.engine.worker import EVENT_BATCH
+
+    wf.send([wf.Event(name="wake.one", data={"n": n}) for n in range(EVENT_BATCH + 20)])
+    first = queue.claim("w1", 1)
+    more = queue.claim_events("w1", EVENT_BATCH - len(first))
+    other = queue.claim_events("w2", 1000)
+
+    assert len(first) == 1 and len(more) == EVENT_BATCH - 1 and len(other) == 20
+    ids = [i.id for i in first + more + other]
+    assert len(set(ids)) == len(ids) == EVENT_BATCH + 20
+    assert max(i.id for i in first + more) < min(i.id for i in other)  # oldest first
+    kept = process_events(first + more, db="default", keep_for="w1", keep_max=2)
+    assert len(kept) == 2 and Run.objects.count() == EVENT_BATCH  # the rest wait for any worker

@@ -196,6 +196,23 @@ UNION ALL
 SELECT NULL, 'scan', NULL, NULL, NULL, NULL, NULL, max(lane), count(lane)::int, NULL FROM limited_lanes
 """
 
+# More events for an intake batch (PostgreSQL): a claim gives a worker at most one item
+# per free thread, but a batch of events costs one intake transaction however many it
+# holds. With a backlog of events, a worker whose claim brought events takes up to
+# ``limit`` more due ones, the oldest first, through the events' lane of the claim index.
+CLAIM_EVENTS_POSTGRES = f"""
+UPDATE {QUEUE} AS q
+SET worker_id = %(worker)s, due_at = %(lease_end)s, lease_token = q.lease_token + 1, claims = q.claims + 1
+WHERE q.id = ANY(ARRAY(
+    SELECT id FROM {QUEUE}
+    WHERE lane = '' AND due_at IS NOT NULL AND lane_limit = 0 AND due_at <= %(now)s AND worker_id = ''
+      AND kind = 'event'
+    ORDER BY due_at, id LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+))
+RETURNING q.id, q.kind, q.run_id, q.event_id, q.step_id, q.lease_token, q.claims
+"""
+
 # Limited lanes, step 1 (in a transaction): lock the lanes (and second keys) to claim. A
 # lane another worker is claiming right now is skipped, never waited for.
 LOCK_LANES_POSTGRES = f"""
@@ -288,7 +305,7 @@ WITH input AS (
         attempt_started_at timestamptz, worker text)
 ), lease AS (
     UPDATE {QUEUE} q SET claims = 0
-    WHERE q.id = ANY(ARRAY(SELECT item FROM input)) AND q.lease_token = (SELECT token FROM input WHERE item = q.id)
+    WHERE q.id = ANY(ARRAY(SELECT item FROM input)) AND q.lease_token = (SELECT token FROM input WHERE item = q.id LIMIT 1)
     RETURNING q.id
 ), held AS (
     SELECT * FROM input WHERE item IN (SELECT id FROM lease)
@@ -334,7 +351,7 @@ WITH input AS (
         item bigint, token bigint, run uuid, status text, output jsonb, error jsonb, now timestamptz)
 ), lease AS (
     DELETE FROM {QUEUE} q
-    WHERE q.id = ANY(ARRAY(SELECT item FROM input)) AND q.lease_token = (SELECT token FROM input WHERE item = q.id)
+    WHERE q.id = ANY(ARRAY(SELECT item FROM input)) AND q.lease_token = (SELECT token FROM input WHERE item = q.id LIMIT 1)
     RETURNING q.run_id
 ), ended AS (
     UPDATE {RUN} r SET status = i.status, output = i.output, error = i.error, ended_at = i.now FROM input i

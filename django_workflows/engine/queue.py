@@ -87,6 +87,20 @@ def claim(worker_id: str, limit: int, *, db: str | None = None) -> list[Claimed]
     return _claims(claimed)
 
 
+def claim_events(worker_id: str, limit: int, *, db: str | None = None) -> list[Claimed]:
+    """Claim up to ``limit`` more due events (``queries.CLAIM_EVENTS_POSTGRES``); on
+    SQLite, with one worker process, nothing: its claims take events in turn already."""
+    from . import queries
+
+    db = db or conf.database()
+    if limit <= 0 or connections[db].vendor != "postgresql":
+        return []
+    now = clock.now()
+    return _claims(_execute(db, queries.CLAIM_EVENTS_POSTGRES, {
+        "worker": worker_id, "lease_end": now + lease_duration(), "now": now, "limit": limit,
+    }))
+
+
 # Limited lanes looked at per claim (at least), and where each worker's last look ended.
 LIMITED_LANES_PER_CLAIM = 16
 _lane_cursor: dict[tuple[str, str], str] = {}

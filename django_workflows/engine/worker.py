@@ -31,6 +31,8 @@ TRANSIENT_RETRY = 1.0  # seconds before items that lost the database are due aga
 # Longest wait between claims while the database is unreachable: claims resume within this
 # of its return (the soak saw a 10 s cap delay recovery after a restart by 6.5 s).
 CLAIM_BACKOFF_MAX = 2.0
+# Most events taken in by one intake transaction (see _more_events).
+EVENT_BATCH = 100
 
 
 def process_items(
@@ -166,6 +168,8 @@ class Worker:
             # that finishes after the claim may have made more work due.
             was_idle = not self._in_flight
             items = self._claim(free) if free > 0 else []
+            if any(item.kind == QueueKind.EVENT for item in items):
+                items += self._more_events(items)
             claimed_at = time.monotonic()
             with self._lock:
                 self._in_flight.update((item.id, item) for item in items)
@@ -218,6 +222,16 @@ class Worker:
             logger.info("worker %s: the database is back; claiming again", self.id)
             self._claim_backoff = 0.0
         return items
+
+    def _more_events(self, items: list[Claimed]) -> list[Claimed]:
+        """Fill the intake batch up to EVENT_BATCH events: a backlog of events is taken in
+        by few transactions, and the runs they start spread over the workers."""
+        try:
+            return queue.claim_events(self.id, EVENT_BATCH - len(items), db=self.db)
+        except Exception as exc:  # the claim's own items go on; the events stay due
+            logger.warning("worker %s: claiming more events failed (%s)", self.id, one_line(exc))
+            connections[self.db].close()
+            return []
 
     def _idle_timeout(self, idle: float, free: int, *, query: bool) -> float:
         """Sleep until the earliest future item, at most ``idle`` (the poll interval so far)."""
