@@ -46,6 +46,8 @@ def test_the_claim_is_prepared_once_and_keeps_one_plan(fresh_connection):
     with connection.cursor() as cursor:
         cursor.execute("SHOW plan_cache_mode")
         assert cursor.fetchone()[0] == "force_generic_plan"
+        cursor.execute("SHOW jit")  # a generic plan's cost would have it compile every claim
+        assert cursor.fetchone()[0] == "off"
 
 
 def test_statements_show_in_djangos_query_log_while_it_logs(fresh_connection):
