@@ -374,6 +374,17 @@ def profile_in_process(runs: int) -> None:
 # -- report -------------------------------------------------------------------------------
 
 
+def read_rss_kb(pid: int) -> int | None:
+    """A process's resident set size in kB (VmRSS), or None once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (shared with soak.py)."""
     try:

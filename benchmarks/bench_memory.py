@@ -41,6 +41,7 @@ from bench_engine import (  # noqa: E402
     background_load_line,
     machine_description,
     migrate,
+    read_rss_kb,
     recreate_database,
     send,
     setup_django,
@@ -54,17 +55,6 @@ PRUNE_EVERY = 2.0  # seconds between prunes (sooner while a chunk came back full
 
 
 # -- measurements -----------------------------------------------------------------------------
-
-
-def read_rss_kb(pid: int) -> int | None:
-    """The process's resident set size in kB (VmRSS), or None once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 @dataclass
@@ -121,6 +111,17 @@ def steps_done(progress: Progress) -> int:
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT count(*) FROM {tables()['step']} WHERE status = 'completed'")
         return progress.pruned_steps + cursor.fetchone()[0]
+
+
+def vacuum() -> None:
+    """What autovacuum does for a production database: the queue, run, step and attempt
+    tables churn, and without it their dead rows slow every claim and write down (the CI
+    machines run PostgreSQL with ``autovacuum = off``)."""
+    from django.db import connection
+
+    t = tables()
+    with connection.cursor() as cursor:
+        cursor.execute(f"VACUUM {', '.join(t[name] for name in ('queueitem', 'run', 'step', 'attempt', 'event'))}")
 
 
 def prune(progress: Progress) -> int:
@@ -247,6 +248,7 @@ class Soak:
         self.started = time.monotonic()
         next_sample = self.started + self.args.sample_every
         next_prune = self.started + PRUNE_EVERY
+        next_vacuum = self.started + self.args.vacuum_every
         last_progress, last_finished = self.started, -1
         while True:
             if not self.check_workers():
@@ -267,6 +269,9 @@ class Soak:
             if now >= next_prune:
                 full = prune(self.progress) == PRUNE_CHUNK
                 next_prune = now + (0 if full else PRUNE_EVERY)
+            if self.args.vacuum_every and now >= next_vacuum:
+                vacuum()
+                next_vacuum = time.monotonic() + self.args.vacuum_every
             if self.warmup is None and self.progress.finished * self.steps_per_run >= self.args.warmup_steps:
                 self.warmup = self.sample("after the warm-up: the baseline")
                 next_sample = time.monotonic() + self.args.sample_every
@@ -353,6 +358,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=1000, help="events sent per transaction (default 1000)")
     parser.add_argument("--low-water", type=int, default=1000,
                         help="send a batch whenever fewer runs than this are unfinished (default 1000)")
+    parser.add_argument("--vacuum-every", type=float, default=30,
+                        help="seconds between VACUUMs of the engine's tables, as autovacuum would (0: never; "
+                             "default 30)")
     parser.add_argument("--stall-seconds", type=float, default=120,
                         help="stop (FAIL) when no run finished for this long (default 120)")
     args = parser.parse_args()

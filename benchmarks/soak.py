@@ -228,13 +228,11 @@ class WorkerInfo:
 
 
 def read_rss_kb(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    from bench_engine import (
+        read_rss_kb as read,  # benchmarks/ is on sys.path: this script's own folder
+    )
+
+    return read(pid)
 
 
 def machine_lines(cluster: Cluster) -> list[str]:

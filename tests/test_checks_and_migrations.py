@@ -246,3 +246,12 @@ def test_non_boolean_switches_are_e006(wf_settings, key, value):
     problems = checks.check_settings()
     assert ids(problems) == ["django_workflows.E006"]
     assert key in problems[0].msg and repr(value) in problems[0].msg
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_the_queue_table_is_vacuumed_by_dead_rows_not_by_size():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reloptions FROM pg_class WHERE relname = 'django_workflows_queue'")
+        options = set(cursor.fetchone()[0] or [])
+    assert {"autovacuum_vacuum_scale_factor=0.01", "autovacuum_vacuum_threshold=1000"} <= options
