@@ -2,8 +2,10 @@
 server, the way Django tests its own admin.
 
 It logs in through the admin's login form, reads a failed run's timeline (one bar per
-attempt), replays the run with the page's button, and writes the documentation's
-screenshots (docs/images/admin-runs.png, admin-functions.png, admin-run.png) on every run.
+attempt), replays the run with the page's button, and takes the documentation's
+screenshots (admin-runs.png, admin-functions.png, admin-run.png): into a temporary folder,
+or over docs/images/ with ``WORKFLOWS_UPDATE_SCREENSHOTS=1`` (a test run leaves the
+checkout as it found it).
 
 Needs Debian's Chromium and its driver (``apt-get install chromium chromium-driver``) and
 Selenium (``pip install -e .[test]``); nothing is downloaded while the test runs. Without
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +34,10 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 WINDOW = (1280, 900)
 MAX_HEIGHT = 2400  # a taller screenshot's (the run page, down to its timeline)
 WAIT_SECONDS = 10
-IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
+DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
+IMAGES = DOCS_IMAGES if os.environ.get("WORKFLOWS_UPDATE_SCREENSHOTS") == "1" else Path(
+    tempfile.mkdtemp(prefix="wf-screenshots-")
+)
 HOW_TO_GET_THEM = (
     "the browser test needs Debian's Chromium and its driver "
     f"({CHROMIUM}, {CHROMEDRIVER}: `apt-get install chromium chromium-driver`) "
@@ -120,7 +126,7 @@ def open_page(driver, live_server, url: str, ready_css: str) -> None:
 
 
 def screenshot(driver, name: str, *, down_to: str | None = None) -> Path:
-    """The page as docs/images/<name>, overwritten on every run: its first WINDOW, or with
+    """The page as IMAGES/<name> (see the module's docstring): its first WINDOW, or with
     ``down_to`` (a CSS selector) WINDOW wide and as high as the bottom of that element."""
     IMAGES.mkdir(parents=True, exist_ok=True)
     path = IMAGES / name
