@@ -168,8 +168,8 @@ class Worker:
             # that finishes after the claim may have made more work due.
             was_idle = not self._in_flight
             items = self._claim(free) if free > 0 else []
-            if any(item.kind == QueueKind.EVENT for item in items):
-                items += self._more_events(items)
+            if len(items) == free and any(item.kind == QueueKind.EVENT for item in items):
+                items += self._more_events(items)  # a full claim with events: maybe a backlog
             claimed_at = time.monotonic()
             with self._lock:
                 self._in_flight.update((item.id, item) for item in items)
