@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import DatabaseError
+from django.db import DatabaseError, connections
 
 from .. import jsonenc
 from . import queries
@@ -150,6 +150,25 @@ def checkpoints(db: str) -> GroupCommit:
 def run_ends(db: str) -> GroupCommit:
     """The process's group commit of held runs' ends (``lifecycle.end_run``) on ``db``."""
     return _group("run_ends", db, lambda db, rows: write_run_ends(db, rows))
+
+
+def checkpoint(db: str, row: dict[str, Any]) -> bool:
+    """Write one step checkpoint; False if its lease was lost."""
+    return _write(db, row, write_checkpoints, checkpoints)
+
+
+def end_held_run(db: str, row: dict[str, Any]) -> bool:
+    """End one held run; False if its lease was lost or it had ended already."""
+    return _write(db, row, write_run_ends, run_ends)
+
+
+def _write(
+    db: str, row: dict[str, Any], write: Callable[[str, list[dict[str, Any]]], list[bool]],
+    group: Callable[[str], GroupCommit],
+) -> bool:
+    if connections[db].in_atomic_block:  # the caller's transaction: with its other writes, alone
+        return write(db, [row])[0]
+    return group(db).submit(row)  # with whatever the process's other threads have ready
 
 
 def write_checkpoints(db: str, rows: list[dict[str, Any]]) -> list[bool]:

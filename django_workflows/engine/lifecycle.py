@@ -363,10 +363,7 @@ def end_run(
                 "item": held.id, "token": held.token, "run": str(run_id), "status": status, "output": output, "error": error,
                 "now": now.isoformat(),
             }
-            if connections[db].in_atomic_block:  # with the caller's other writes
-                return group_commit.write_run_ends(db, [row])[0]
-            # Outside a transaction: with the ends other threads of this process have ready.
-            return group_commit.run_ends(db).submit(row)
+            return group_commit.end_held_run(db, row)
         params = {
             "run": str(run_id), "status": status, "output": queries.jsonb(output), "error": queries.jsonb(error),
             "now": now,

@@ -211,11 +211,7 @@ class DatabaseCheckpointer:
             "scheduled_at": _iso(record.scheduled_at), "attempt_started_at": _iso(record.attempt_started_at),
             "worker": self.worker_id,
         }
-        if connections[self.db].in_atomic_block:  # a test's transaction: this connection only
-            stored = self._retrying(lambda: group_commit.write_checkpoints(self.db, [row])[0])
-        else:  # with whatever the process's other threads have ready: one commit for all
-            stored = self._retrying(lambda: group_commit.checkpoints(self.db).submit(row))
-        if not stored:
+        if not self._retrying(lambda: group_commit.checkpoint(self.db, row)):
             raise LeaseLost()
         record.stored, record.attempt_started_at = True, None
 
